@@ -1,0 +1,61 @@
+"""Request planning: read a device's points in as few requests as its register layout allows.
+
+Points in the same register table are sorted by address and merged into one request when the
+registers between them are no more than the device's ``max_gap`` and the request stays within the
+protocol's limit of 125 registers. Pure, so the planner's guarantees are tested without a meter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from drivers.modbus.config import MAX_REGISTERS_PER_READ, ModbusPoint, RegisterType
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRequest:
+    """One read of ``count`` registers from ``address`` in one table, and the points it covers."""
+
+    register_type: RegisterType
+    address: int
+    count: int
+    points: tuple[ModbusPoint, ...]
+
+    def registers_of(self, point: ModbusPoint, registers: Sequence[int]) -> Sequence[int]:
+        """The slice of this request's answer that holds ``point``."""
+        start = point.address - self.address
+        return registers[start : start + point.register_count]
+
+
+def plan_requests(
+    points: Sequence[ModbusPoint],
+    max_gap: int = 0,
+    max_registers: int = MAX_REGISTERS_PER_READ,
+) -> list[ReadRequest]:
+    """The fewest requests, under the gap and size limits, that cover every point once."""
+    requests: list[ReadRequest] = []
+    for register_type in RegisterType:
+        in_table = sorted(
+            (p for p in points if p.register_type is register_type),
+            key=lambda p: (p.address, p.register_count),
+        )
+        group: list[ModbusPoint] = []
+        start = end = 0  # the group covers registers [start, end)
+        for point in in_table:
+            point_end = point.address + point.register_count
+            fits = (
+                group
+                and point.address - end <= max_gap
+                and max(end, point_end) - start <= max_registers
+            )
+            if fits:
+                group.append(point)
+                end = max(end, point_end)
+                continue
+            if group:
+                requests.append(ReadRequest(register_type, start, end - start, tuple(group)))
+            group, start, end = [point], point.address, point_end
+        if group:
+            requests.append(ReadRequest(register_type, start, end - start, tuple(group)))
+    return requests

@@ -1,0 +1,74 @@
+"""The data that crosses every boundary of the data path: driver -> buffer -> uplink."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+
+class Quality(StrEnum):
+    """How much of a device poll can be trusted, as the fleet side sees it."""
+
+    GOOD = "good"
+    #: Some points could not be read or decoded to a finite number; they are sent as null.
+    PARTIAL = "partial"
+
+
+@dataclass(frozen=True, slots=True)
+class PointValue:
+    """One decoded, scaled value of one point, with its engineering unit."""
+
+    name: str
+    value: float | int | None
+    unit: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """Everything one poll of one device produced.
+
+    ``read_at_ms`` is the wall-clock time (UTC, epoch milliseconds) at which the meter answered,
+    not the time the reading is stored or sent.
+    """
+
+    device: str
+    read_at_ms: int
+    values: tuple[PointValue, ...]
+    quality: Quality = Quality.GOOD
+
+    @property
+    def read_at(self) -> datetime:
+        return datetime.fromtimestamp(self.read_at_ms / 1000, tz=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class BufferedReading:
+    """A reading as it sits in the buffer, with the per-gateway sequence number it was given."""
+
+    seq: int
+    reading: Reading
+
+
+def reading_from_values(device: str, read_at_ms: int, values: tuple[PointValue, ...]) -> Reading:
+    """Build a reading, marking it partial when any value is missing or not a finite number.
+
+    JSON has no NaN or infinity, and a meter that reports NaN means "no value": both become null.
+    """
+    cleaned: list[PointValue] = []
+    quality = Quality.GOOD
+    for point in values:
+        value = point.value
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            cleaned.append(PointValue(point.name, None, point.unit))
+            quality = Quality.PARTIAL
+        else:
+            cleaned.append(point)
+    return Reading(device=device, read_at_ms=read_at_ms, values=tuple(cleaned), quality=quality)
+
+
+def iso_utc_ms(epoch_ms: int) -> str:
+    """ISO 8601 UTC with milliseconds and a ``Z``: the timestamp format of the wire payload."""
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
