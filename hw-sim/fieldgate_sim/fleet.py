@@ -1,0 +1,110 @@
+"""The fleet side, simulated: an MQTT subscriber that collects what gateways publish, for tests,
+the demo and the benchmarks. It checks nothing itself; callers assert on what it collected."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+
+class FleetSubscriber:
+    """Subscribes to ``topic`` (QoS 1) on a broker and keeps every message, in arrival order."""
+
+    def __init__(
+        self,
+        port: int,
+        topic: str = "#",
+        host: str = "127.0.0.1",
+        on_message: Callable[[Received], None] | None = None,
+    ) -> None:
+        self._host, self._port, self._topic = host, port, topic
+        self._callback = on_message
+        self._lock = threading.Lock()
+        self._messages: list[Received] = []
+        self._subscribed = threading.Event()
+        # A persistent session: while the subscriber reconnects after a broker restart, the
+        # broker queues what gateways publish for it, so a test sees every message.
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"fleet-{uuid.uuid4().hex[:12]}",
+            clean_session=False,
+        )
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+        # The broker may restart during a test: paho's loop reconnects on its own.
+        self._client.reconnect_delay_set(min_delay=1, max_delay=1)
+
+    def start(self, timeout: float = 5.0) -> None:
+        self._client.connect(self._host, self._port, keepalive=30)
+        self._client.loop_start()
+        if not self._subscribed.wait(timeout):
+            self.stop()
+            raise TimeoutError(f"could not subscribe to {self._topic} on port {self._port}")
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def messages(self, topic_filter: Callable[[str], bool] | None = None) -> list[Received]:
+        with self._lock:
+            return [m for m in self._messages if topic_filter is None or topic_filter(m.topic)]
+
+    def readings(self) -> list[dict[str, Any]]:
+        """The JSON payloads of every device reading received, in arrival order."""
+        return [m.json() for m in self.messages(lambda t: t.endswith("/reading"))]
+
+    def wait_for(
+        self, condition: Callable[[FleetSubscriber], bool], timeout: float, poll: float = 0.05
+    ) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition(self):
+                return True
+            time.sleep(poll)
+        return condition(self)
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if not reason.is_failure:
+            client.subscribe(self._topic, qos=1)
+
+    def _on_subscribe(self, _c: Any, _u: Any, _mid: Any, _codes: Any, _p: Any) -> None:
+        self._subscribed.set()
+
+    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        received = Received(message.topic, bytes(message.payload), bool(message.retain))
+        with self._lock:
+            self._messages.append(received)
+        if self._callback is not None:
+            self._callback(received)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

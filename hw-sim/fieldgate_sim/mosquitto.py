@@ -1,0 +1,119 @@
+"""A throwaway Mosquitto broker on loopback, for tests, the demo and the benchmarks: the real
+broker the gateway talks to upstream, started as a child process and stopped by its PID."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+
+def find_mosquitto() -> str:
+    """The broker binary; Debian installs it in /usr/sbin, which is not on every PATH."""
+    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        raise FileNotFoundError("mosquitto is not installed: apt-get install mosquitto")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class MosquittoBroker:
+    """``with MosquittoBroker() as broker:`` a broker on ``broker.port``; ``stop()`` and
+    ``start()`` again on the same port simulate an outage."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self._dir = Path(tempfile.mkdtemp(prefix="fieldgate-mosquitto-"))
+        # Run as root, mosquitto drops to its own user, which must read the config and write
+        # its persistence file here.
+        self._dir.chmod(0o777)
+        self._process: subprocess.Popen[bytes] | None = None
+        self.log_path = self._dir / "mosquitto.log"
+
+    def start(self, timeout: float = 5.0) -> None:
+        config = self._dir / "mosquitto.conf"
+        config.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            # Persistence, so that a stop/start outage keeps subscribers' sessions and queues.
+            "persistence true\n"
+            f"persistence_location {self._dir}/\n"
+            "log_dest stdout\n"
+            # The default per-client queue (1000) drops QoS 1 messages in bulk tests.
+            "max_queued_messages 0\n"
+            "max_inflight_messages 0\n"
+        )
+        config.chmod(0o644)
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                [find_mosquitto(), "-c", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(
+                    f"mosquitto exited with {self._process.returncode}: "
+                    f"{self.log_path.read_text(errors='replace')[-500:]}"
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.host, self.port), timeout=0.2),
+            ):
+                return
+            time.sleep(0.01)
+        self.stop()
+        raise RuntimeError(f"mosquitto did not listen on port {self.port} within {timeout}s")
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def mosquitto_available() -> bool:
+    try:
+        find_mosquitto()
+    except FileNotFoundError:
+        return False
+    return os.access(find_mosquitto(), os.X_OK)

@@ -1,0 +1,114 @@
+"""Helpers to run the gateway as a child process against real parts, and to write its config."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def gateway_yaml(
+    broker_port: int,
+    buffer_path: Path,
+    buses: str,
+    devices: str,
+    *,
+    gateway_id: str = "gw-test",
+    keepalive: str = "30s",
+) -> str:
+    """A whole config file; ``buses`` and ``devices`` are YAML list items (``- name: ...``)."""
+    return (
+        textwrap.dedent(
+            f"""\
+            gateway:
+              id: {gateway_id}
+            mqtt:
+              host: 127.0.0.1
+              port: {broker_port}
+              keepalive: {keepalive}
+              reconnect_max: 1s
+            buffer:
+              path: {buffer_path}
+            """
+        )
+        + "buses:\n"
+        + textwrap.indent(textwrap.dedent(buses), "  ")
+        + "devices:\n"
+        + textwrap.indent(textwrap.dedent(devices), "  ")
+    )
+
+
+class GatewayProcess:
+    """``fieldgate run`` as a child process, with its log in a file."""
+
+    def __init__(self, config_path: Path, log_path: Path) -> None:
+        self.config_path = config_path
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run", "-c", str(self.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=REPO,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no goodbye, like a power cut for the process."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, as systemd stops it; returns the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise
+        return self.process.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return True
+            time.sleep(0.05)
+        return False
+
+
+def start_gateway(
+    started: list[GatewayProcess], tmp_path: Path, config_text: str
+) -> GatewayProcess:
+    config_path = tmp_path / "fieldgate.yaml"
+    config_path.write_text(config_text)
+    gateway = GatewayProcess(config_path, tmp_path / "gateway.log")
+    gateway.start()
+    started.append(gateway)
+    return gateway
+
+
+def reading_seqs(readings: list[dict[str, object]]) -> list[int]:
+    seqs = []
+    for reading in readings:
+        seq = reading["seq"]
+        assert isinstance(seq, int)
+        seqs.append(seq)
+    return seqs

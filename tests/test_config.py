@@ -1,0 +1,132 @@
+"""Config loading: every kind of mistake gets exit code 78 and a message naming file, line and
+key; the quantities people write parse; the committed JSON Schema is current."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.config.fields import parse_duration, parse_size
+from gateway.config.loader import config_json_schema_text, load_config, parse_config
+from gateway.errors import ConfigError
+from tests.harness import REPO
+
+CASES = sorted(p for p in (Path(__file__).parent / "config_cases").iterdir() if p.is_dir())
+
+
+def case_text(name: str) -> str:
+    return (Path(__file__).parent / "config_cases" / name / "config.yaml").read_text()
+
+
+def fieldgate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=[p.name for p in CASES])
+def test_bad_config_names_file_line_and_key(case: Path):
+    expected = (case / "expected.txt").read_text().strip()
+    result = fieldgate("check", str(case / "config.yaml"))
+    assert result.returncode == 78, result.stderr
+    assert result.stdout == ""
+    assert f"{case / 'config.yaml'}:" in result.stderr
+    assert expected.removeprefix("config.yaml") in result.stderr, result.stderr
+
+
+def test_run_with_bad_config_exits_78_before_doing_anything(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(case_text("unknown_key"))
+    result = fieldgate("run", "-c", str(bad))
+    assert result.returncode == 78
+    assert "configuration is not valid" in result.stderr
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path):
+    result = fieldgate("check", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 78
+    assert "nope.yaml: cannot read the config file: No such file or directory" in result.stderr
+
+
+def test_every_mistake_is_reported_at_once():
+    text = case_text("unknown_key").replace("interval: 10s", "interval: soon")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, source="f.yaml")
+    assert len(caught.value.problems) == 2
+    assert any("devices[0].interval" in p for p in caught.value.problems)
+
+
+def test_example_configs_are_valid():
+    for example in sorted((REPO / "examples").glob("*.yaml")):
+        config = load_config(example)
+        assert config.devices, example
+    result = fieldgate("check", str(REPO / "examples" / "demo.yaml"))
+    assert result.returncode == 0
+    assert "OK (1 bus(es), 1 device(s))" in result.stdout
+
+
+def test_values_people_write_reach_the_model():
+    text = case_text("unknown_key").replace("  hots: broker.local\n", "")
+    text = text.replace("interval: 10s", "interval: 1m30s")
+    config = parse_config(text)
+    assert config.devices[0].interval == 90.0
+    assert config.buffer.max_size == 64_000_000
+    assert config.devices[0].points[0].register_type == "input"
+
+
+def test_committed_schema_is_current():
+    committed = (REPO / "docs" / "config.schema.json").read_text()
+    assert committed == config_json_schema_text(), "run: fieldgate schema > docs/config.schema.json"
+    result = fieldgate("schema")
+    assert result.returncode == 0
+    schema = json.loads(result.stdout)
+    point = schema["$defs"]["ModbusPoint"]
+    assert point["additionalProperties"] is False
+    assert "f32" in schema["$defs"]["ValueType"]["enum"]
+
+
+@given(
+    parts=st.lists(
+        st.tuples(st.integers(1, 999), st.sampled_from(["ms", "s", "m", "h", "d"])),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_duration_sums_its_parts(parts):
+    seconds = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = "".join(f"{n}{unit}" for n, unit in parts)
+    assert parse_duration(text) == pytest.approx(sum(n * seconds[u] for n, u in parts))
+
+
+@given(text=st.text(max_size=12))
+def test_duration_never_crashes_on_garbage(text):
+    try:
+        assert parse_duration(text) > 0
+    except ValueError as exc:
+        assert "duration" in str(exc)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("512MB", 512_000_000), ("1GiB", 2**30), ("100 kB", 100_000), (4096, 4096)],
+)
+def test_sizes(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["0s", "-5s", "10", "ten seconds", "5 parsecs", True])
+def test_bad_durations(text):
+    # "10" is text without a unit: ambiguous, so refused (a bare YAML number means seconds).
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
