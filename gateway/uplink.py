@@ -227,8 +227,10 @@ class _Session:
 
     async def _misc_loop(self) -> None:
         # paho's keepalive pings and timeouts need a tick; there is no event to wait for.
+        # Ticks well inside the keepalive, so a ping is never late.
+        tick = min(1.0, self._config.keepalive / 4)
         while self._client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:  # noqa: ASYNC110
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(tick)
         self._lost.set()
 
     # paho callbacks: all run on the event loop's thread, except the socket-open and

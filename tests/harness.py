@@ -51,8 +51,11 @@ class GatewayProcess:
         self.config_path = config_path
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
+        self._log_start = 0
 
     def start(self) -> None:
+        # Several runs may share one log file: waits look only at this run's part.
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gateway", "run", "-c", str(self.config_path)],
@@ -83,12 +86,18 @@ class GatewayProcess:
         return self.process.returncode
 
     def log(self) -> str:
+        """Everything logged by every run of this gateway."""
         return self.log_path.read_text(errors="replace")
+
+    def this_run_log(self) -> str:
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_start)
+            return log.read().decode(errors="replace")
 
     def wait_for_log(self, text: str, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if text in self.log():
+            if text in self.this_run_log():
                 return True
             time.sleep(0.05)
         return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 
@@ -126,7 +127,7 @@ def test_plan_covers_every_point_within_limits(specs, max_gap):
         ordered = sorted(
             (r for r in requests if r.register_type is register_type), key=lambda r: r.address
         )
-        for first, second in zip(ordered, ordered[1:], strict=False):
+        for first, second in itertools.pairwise(ordered):
             gap = second.address - (first.address + first.count)
             span = second.address + second.count - first.address
             assert gap > max_gap or span > 125

@@ -60,7 +60,7 @@ class MosquittoBroker:
         )
         config.chmod(0o644)
         with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
+            self._process = subprocess.Popen(  # noqa: S603 - our own binary and config
                 [find_mosquitto(), "-c", str(config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -1,0 +1,122 @@
+"""`fieldgate-sim`: run simulated field devices until interrupted.
+
+    fieldgate-sim modbus-tcp --host 127.0.0.1 --port 5020 --unit 1 --unit 2 --meters 3
+
+serves SDM630 meters with unit ids 1 and 2 on each of ports 5020, 5021 and 5022 (port 0: every
+server gets a free port from the kernel). One line per server goes to stdout once it accepts
+connections, so a parent process can wait for it; SIGINT or SIGTERM stops it with exit status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from fieldgate_sim.modbus_server import MeterServer, Sdm630Meter
+
+logger = logging.getLogger(__name__)
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fieldgate-sim", description="Simulated field devices for fieldgate."
+    )
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level on stderr (default: WARNING)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    tcp = commands.add_parser("modbus-tcp", help="serve simulated SDM630 meters over Modbus TCP")
+    tcp.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    tcp.add_argument(
+        "--port",
+        type=int,
+        default=5020,
+        help="port of the first server; 0 lets the kernel pick free ports (default: %(default)s)",
+    )
+    tcp.add_argument(
+        "--unit",
+        type=int,
+        action="append",
+        dest="units",
+        metavar="ID",
+        help="unit id of a meter on every port; repeat for several (default: 1)",
+    )
+    tcp.add_argument(
+        "--meters",
+        type=int,
+        default=1,
+        metavar="N",
+        help="number of servers, on ports PORT..PORT+N-1 (default: %(default)s)",
+    )
+    return parser
+
+
+def _check_modbus_tcp(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[int]:
+    units: list[int] = args.units or [1]
+    if len(set(units)) != len(units):
+        parser.error("--unit: each unit id may be given once")
+    if any(not 1 <= unit <= 255 for unit in units):
+        parser.error("--unit: unit ids are 1..255")
+    if args.meters < 1:
+        parser.error("--meters must be at least 1")
+    if args.port != 0 and not 1 <= args.port <= 65535 - (args.meters - 1):
+        parser.error("--port: PORT..PORT+N-1 must lie within 1..65535 (or use 0)")
+    return units
+
+
+async def _serve_modbus_tcp(host: str, port: int, units: list[int], meters: int) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    # Installed before binding, so a signal that arrives during start-up still ends cleanly.
+    for signum in _STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop.set)
+    servers = [
+        MeterServer(
+            # Distinct seeds, so that the meters behind different ports do not read alike.
+            [Sdm630Meter(unit, seed=index * 256 + unit) for unit in units],
+            host,
+            0 if port == 0 else port + index,
+        )
+        for index in range(meters)
+    ]
+    label = "unit" if len(units) == 1 else "units"
+    ids = ", ".join(str(unit) for unit in units)
+    try:
+        for server in servers:
+            await server.start()
+            print(f"serving SDM630 {label} {ids} on {server.host}:{server.port}", flush=True)
+        await stop.wait()
+    except OSError as exc:
+        print(f"fieldgate-sim: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        for server in servers:
+            await server.stop()
+        for signum in _STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+    logger.info("stopped by signal")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "modbus-tcp":
+        units = _check_modbus_tcp(parser, args)
+        return asyncio.run(_serve_modbus_tcp(args.host, args.port, units, args.meters))
+    parser.error(f"unknown command {args.command!r}")
+    return 2  # unreachable: parser.error exits

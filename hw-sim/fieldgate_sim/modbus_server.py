@@ -1,0 +1,609 @@
+"""Serve simulated field devices over Modbus TCP, using pymodbus's simulator API.
+
+Several unit ids on one port behave like a TCP-to-RS485 gateway with meters behind it. A unit id
+that is not served, or that a test has made silent, never answers, so a client times out exactly
+as it does for an absent slave on a real bus (pymodbus itself would answer an exception instead).
+
+`MeterServer` runs inside an event loop you own; `start_in_thread` and `run_many_in_thread` run
+servers on a background loop for synchronous tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Coroutine, Iterator, Sequence
+from types import TracebackType
+from typing import Any, ClassVar, Literal, Self, TypeVar
+
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from fieldgate_sim.sdm630 import MAX_MODEL_TIME, Sdm630Model
+
+__all__ = [
+    "MeterServer",
+    "RegisterBank",
+    "RunningServer",
+    "Sdm630Meter",
+    "ServerFleet",
+    "SimulatedDevice",
+    "Table",
+    "run_many_in_thread",
+    "start_in_thread",
+]
+
+logger = logging.getLogger(__name__)
+
+Table = Literal["holding", "input"]
+
+_T = TypeVar("_T")
+
+_TABLE_FUNCTION_CODE: dict[str, int] = {"holding": 3, "input": 4}
+_FUNCTION_CODE_TABLE: dict[int, Table] = {3: "holding", 4: "input"}
+_READ_FUNCTION_CODES = frozenset({1, 2, 3, 4})
+# Modbus TCP (MBAP) frame: transaction id (2), protocol id (2), length (2), unit id, function code.
+_MBAP_UNIT_ID = 6
+_MBAP_FUNCTION_CODE = 7
+_CALL_TIMEOUT_S = 10.0
+_BIT_TABLE_SIZE = 16
+
+
+def _bit_table() -> list[SimData]:
+    # pymodbus requires all four tables in non-shared mode; our devices have no coils or inputs.
+    return [SimData(address=0, count=_BIT_TABLE_SIZE, values=False, datatype=DataType.BITS)]
+
+
+def _register_table(values: list[int]) -> list[SimData]:
+    return [SimData(address=0, values=values, datatype=DataType.REGISTERS)]
+
+
+def _check_register_values(values: Sequence[int], what: str) -> list[int]:
+    checked = list(values)
+    for value in checked:
+        if not isinstance(value, int) or not 0 <= value <= 0xFFFF:
+            raise ValueError(f"{what}: {value!r} is not a 16-bit register value")
+    return checked
+
+
+def _check_table(table: str) -> Table:
+    if table == "holding":
+        return "holding"
+    if table == "input":
+        return "input"
+    raise ValueError(f"table must be 'holding' or 'input', got {table!r}")
+
+
+class SimulatedDevice(ABC):
+    """A device a `MeterServer` serves under one unit id."""
+
+    #: Human-readable kind, as the CLI prints it.
+    kind: ClassVar[str]
+
+    def __init__(self, unit_id: int) -> None:
+        # Unit 0 is the RS485 broadcast address, and pymodbus uses id 0 as its catch-all.
+        if not 1 <= unit_id <= 255:
+            raise ValueError(f"unit_id must be within 1..255, got {unit_id}")
+        self.unit_id = unit_id
+
+    @abstractmethod
+    def initial_registers(self) -> tuple[list[int], list[int]]:
+        """(holding, input) register tables as served from address 0 when the server starts."""
+
+    @abstractmethod
+    def refresh(
+        self,
+        table: Table,
+        registers: list[int],
+        *,
+        start_address: int,
+        address: int,
+        count: int,
+        elapsed_s: float,
+    ) -> None:
+        """Update `registers` (the served table, modified in place) before a read is answered.
+
+        `registers[0]` is at `start_address`; the read covers `address`..`address + count - 1`;
+        `elapsed_s` is the time since the server started.
+        """
+
+
+class Sdm630Meter(SimulatedDevice):
+    """An Eastron SDM630 whose input registers follow `Sdm630Model` at the time of each read."""
+
+    kind = "SDM630"
+    HOLDING_SIZE = 16
+
+    def __init__(self, unit_id: int, seed: int | None = None) -> None:
+        super().__init__(unit_id)
+        self.seed = unit_id if seed is None else seed
+        self.model = Sdm630Model(self.seed)
+
+    def initial_registers(self) -> tuple[list[int], list[int]]:
+        return [0] * self.HOLDING_SIZE, self.model.registers_at(0.0)
+
+    def refresh(
+        self,
+        table: Table,
+        registers: list[int],
+        *,
+        start_address: int,
+        address: int,
+        count: int,
+        elapsed_s: float,
+    ) -> None:
+        if table != "input":
+            return
+        block = self.model.registers_at(min(elapsed_s, MAX_MODEL_TIME))
+        offset = address - start_address
+        registers[offset : offset + count] = block[address : address + count]
+
+
+class RegisterBank(SimulatedDevice):
+    """Static holding and input registers 0..size-1 that only a test (or a client write) changes."""
+
+    kind = "register bank"
+
+    def __init__(
+        self,
+        unit_id: int,
+        holding: list[int] | None = None,
+        input: list[int] | None = None,
+        size: int = 256,
+    ) -> None:
+        super().__init__(unit_id)
+        if not 1 <= size <= 0xFFFF:
+            raise ValueError(f"size must be within 1..65535, got {size}")
+        self.size = size
+        self._holding = self._padded(holding or [], "holding")
+        self._input = self._padded(input or [], "input")
+
+    def _padded(self, values: list[int], table: str) -> list[int]:
+        if len(values) > self.size:
+            raise ValueError(f"{table}: {len(values)} values do not fit in {self.size} registers")
+        checked = _check_register_values(values, table)
+        return checked + [0] * (self.size - len(checked))
+
+    def initial_registers(self) -> tuple[list[int], list[int]]:
+        return list(self._holding), list(self._input)
+
+    def refresh(
+        self,
+        table: Table,
+        registers: list[int],
+        *,
+        start_address: int,
+        address: int,
+        count: int,
+        elapsed_s: float,
+    ) -> None:
+        """Nothing moves: a bank serves what it was given or what was last written."""
+
+
+class MeterServer:
+    """Simulated devices on one Modbus TCP port, for use inside a running event loop.
+
+    With port=0 the kernel picks a free port when `start` binds; `port` tells which. Binding 0
+    directly (rather than probing for a free port first) leaves no window for another process to
+    take the port. Port 0 is meant for a single-address host such as 127.0.0.1.
+    """
+
+    def __init__(
+        self, devices: Sequence[SimulatedDevice], host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        if not devices:
+            raise ValueError("a MeterServer needs at least one device")
+        self._devices: dict[int, SimulatedDevice] = {}
+        for device in devices:
+            if device.unit_id in self._devices:
+                raise ValueError(f"unit id {device.unit_id} is served twice")
+            self._devices[device.unit_id] = device
+        self._host = host
+        self._requested_port = port
+        self._port: int | None = None
+        self._server: ModbusTcpServer | None = None
+        self._t0 = 0.0
+        self._silent_all = False
+        self._silent_units: set[int] = set()
+        self._requests_served = 0
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def port(self) -> int:
+        """The bound port; only known once `start` has returned."""
+        if self._port is None:
+            raise RuntimeError("the server has not been started")
+        return self._port
+
+    @property
+    def devices(self) -> tuple[SimulatedDevice, ...]:
+        return tuple(self._devices.values())
+
+    @property
+    def requests_served(self) -> int:
+        """Read requests (function codes 1-4) answered without an exception."""
+        return self._requests_served
+
+    async def start(self) -> None:
+        """Bind and start serving; connections are accepted as soon as this returns."""
+        if self._server is not None:
+            raise RuntimeError("the server is already running")
+        sim_devices = [self._sim_device(device) for device in self._devices.values()]
+        # Requests to unknown unit ids land on this catch-all (pymodbus would otherwise log a
+        # KeyError traceback for each); its answers are dropped in _trace_packet.
+        sim_devices.append(
+            SimDevice(
+                id=0,
+                simdata=(_bit_table(), _bit_table(), _register_table([0]), _register_table([0])),
+            )
+        )
+        server = ModbusTcpServer(
+            sim_devices,
+            address=(self._host, self._requested_port),
+            trace_packet=self._trace_packet,
+        )
+        self._t0 = time.monotonic()
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as exc:
+            raise OSError(
+                f"cannot listen on {self._host}:{self._requested_port} (in use or unavailable)"
+            ) from exc
+        try:
+            self._port = self._bound_port(server)
+        except RuntimeError:
+            await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus leaves it unannotated
+            raise
+        self._server = server
+        logger.info("serving unit ids %s on %s:%d", sorted(self._devices), self._host, self._port)
+
+    async def stop(self) -> None:
+        """Close the listener and every client connection; idempotent."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus leaves it unannotated
+        logger.info("stopped serving on %s:%s", self._host, self._port)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def set_silent(self, silent: bool, unit_id: int | None = None) -> None:
+        """Make one unit id (or, with None, every one) stop answering, or answer again.
+
+        Call from the server's event loop.
+        """
+        if unit_id is None:
+            self._silent_all = silent
+            self._silent_units.clear()
+            return
+        self._check_unit(unit_id)
+        if silent:
+            self._silent_units.add(unit_id)
+        elif self._silent_all:
+            self._silent_all = False
+            self._silent_units = set(self._devices) - {unit_id}
+        else:
+            self._silent_units.discard(unit_id)
+
+    async def set_registers(
+        self, unit_id: int, table: Table, address: int, values: list[int]
+    ) -> None:
+        """Overwrite registers of a device's table, as served from now on."""
+        self._check_unit(unit_id)
+        checked_table = _check_table(table)
+        checked = _check_register_values(values, checked_table)
+        if not checked:
+            raise ValueError("values must not be empty")
+        try:
+            await self._running().async_setValues(
+                unit_id, _TABLE_FUNCTION_CODE[checked_table], address, checked
+            )
+        except TypeError as exc:
+            raise ValueError(
+                f"unit {unit_id} {checked_table} registers {address}..{address + len(checked) - 1}"
+                " are outside the table"
+            ) from exc
+
+    async def get_registers(
+        self, unit_id: int, table: Table, address: int, count: int
+    ) -> list[int]:
+        """Registers of a device's table as a read would serve them now."""
+        self._check_unit(unit_id)
+        checked_table = _check_table(table)
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        try:
+            values = await self._running().async_getValues(
+                unit_id, _TABLE_FUNCTION_CODE[checked_table], address, count
+            )
+        except TypeError as exc:
+            raise ValueError(
+                f"unit {unit_id} {checked_table} registers {address}..{address + count - 1}"
+                " are outside the table"
+            ) from exc
+        return [int(value) for value in values]
+
+    def _running(self) -> ModbusTcpServer:
+        if self._server is None:
+            raise RuntimeError("the server is not running")
+        return self._server
+
+    def _check_unit(self, unit_id: int) -> None:
+        if unit_id not in self._devices:
+            raise ValueError(
+                f"unit id {unit_id} is not served here (serving {sorted(self._devices)})"
+            )
+
+    def _is_silent(self, unit_id: int) -> bool:
+        return self._silent_all or unit_id in self._silent_units
+
+    def _sim_device(self, device: SimulatedDevice) -> SimDevice:
+        holding, input_registers = device.initial_registers()
+
+        async def action(  # noqa: PLR0917 - the signature pymodbus calls
+            function_code: int,
+            start_address: int,
+            address: int,
+            count: int,
+            current_registers: list[int],
+            set_values: list[int] | list[bool] | None,
+        ) -> ExcCodes | None:
+            if set_values is not None:
+                # Clients cannot write with a read function code: this is set_registers.
+                if function_code in _READ_FUNCTION_CODES:
+                    return None
+                # An absent slave never receives the write; its (exception) answer is dropped.
+                return ExcCodes.DEVICE_FAILURE if self._is_silent(device.unit_id) else None
+            table = _FUNCTION_CODE_TABLE.get(function_code)
+            if table is not None:
+                device.refresh(
+                    table,
+                    current_registers,
+                    start_address=start_address,
+                    address=address,
+                    count=count,
+                    elapsed_s=time.monotonic() - self._t0,
+                )
+            return None
+
+        return SimDevice(
+            id=device.unit_id,
+            simdata=(
+                _bit_table(),
+                _bit_table(),
+                _register_table(holding),
+                _register_table(input_registers),
+            ),
+            action=action,
+        )
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        # Frames are dropped on the way out, not on the way in: for a received frame b"" makes
+        # pymodbus consume nothing, so the request would stay buffered and be answered later.
+        if not sending or len(data) <= _MBAP_FUNCTION_CODE:
+            return data
+        unit_id = data[_MBAP_UNIT_ID]
+        if unit_id not in self._devices or self._is_silent(unit_id):
+            return b""
+        if data[_MBAP_FUNCTION_CODE] in _READ_FUNCTION_CODES:
+            self._requests_served += 1
+        return data
+
+    @staticmethod
+    def _bound_port(server: ModbusTcpServer) -> int:
+        listener: object = server.transport
+        if isinstance(listener, asyncio.Server) and listener.sockets:
+            port: int = listener.sockets[0].getsockname()[1]
+            return port
+        raise RuntimeError("pymodbus did not expose its listening socket")
+
+
+class _LoopThread:
+    """An event loop in a background thread, shared by the servers started on it.
+
+    It stops when the last server using it is released.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+        self._users = 0
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+        self._ready.wait()
+
+    def _main(self) -> None:
+        # asyncio.run cancels leftover tasks and closes the loop, so nothing leaks between tests.
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        self._ready.set()
+        await self._stop_event.wait()
+
+    def run(self, coro: Coroutine[Any, Any, _T], timeout: float = _CALL_TIMEOUT_S) -> _T:
+        """Run `coro` on the loop and wait for its result."""
+        if self._closed or self._loop is None:
+            coro.close()
+            raise RuntimeError("the server thread has stopped")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users > 0:
+                return
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._loop is not None and self._stop_event is not None:
+            self._loop.call_soon_threadsafe(self._stop_event.set)
+        self._thread.join()
+
+
+class RunningServer:
+    """A `MeterServer` running on a background thread; every method is thread-safe."""
+
+    def __init__(self, server: MeterServer, loop_thread: _LoopThread) -> None:
+        self._server = server
+        self._loop_thread = loop_thread
+        self._stop_lock = threading.Lock()
+        self._stopped = False
+        loop_thread.acquire()
+
+    @property
+    def host(self) -> str:
+        return self._server.host
+
+    @property
+    def port(self) -> int:
+        return self._server.port
+
+    @property
+    def requests_served(self) -> int:
+        """Read requests answered so far (an int read is atomic, so no lock is needed)."""
+        return self._server.requests_served
+
+    def set_silent(self, silent: bool, unit_id: int | None = None) -> None:
+        """Drop the answers of `unit_id` (or of every unit); takes effect before this returns."""
+
+        async def apply() -> None:
+            self._server.set_silent(silent, unit_id)
+
+        self._loop_thread.run(apply())
+
+    def set_registers(self, unit_id: int, table: Table, address: int, values: list[int]) -> None:
+        self._loop_thread.run(self._server.set_registers(unit_id, table, address, values))
+
+    def get_registers(self, unit_id: int, table: Table, address: int, count: int) -> list[int]:
+        return self._loop_thread.run(self._server.get_registers(unit_id, table, address, count))
+
+    def stop(self) -> None:
+        """Stop serving and, if no other server shares it, join the thread; idempotent."""
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        try:
+            self._loop_thread.run(self._server.stop())
+        finally:
+            self._loop_thread.release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class ServerFleet:
+    """Servers sharing one background thread, as returned by `run_many_in_thread`."""
+
+    def __init__(self, servers: Sequence[RunningServer]) -> None:
+        self.servers = tuple(servers)
+
+    @property
+    def ports(self) -> list[int]:
+        return [server.port for server in self.servers]
+
+    def __len__(self) -> int:
+        return len(self.servers)
+
+    def __iter__(self) -> Iterator[RunningServer]:
+        return iter(self.servers)
+
+    def __getitem__(self, index: int) -> RunningServer:
+        return self.servers[index]
+
+    def stop(self) -> None:
+        """Stop every server, then the thread; idempotent."""
+        for server in self.servers:
+            server.stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def start_in_thread(
+    devices: Sequence[SimulatedDevice], host: str = "127.0.0.1", port: int = 0
+) -> RunningServer:
+    """Serve `devices` on one port from a background thread; port=0 picks a free port."""
+    server = MeterServer(devices, host, port)
+    loop_thread = _LoopThread(f"fieldgate-sim {host}:{port}")
+    try:
+        loop_thread.run(server.start())
+    except BaseException:
+        loop_thread.close()
+        raise
+    return RunningServer(server, loop_thread)
+
+
+def run_many_in_thread(count: int, host: str = "127.0.0.1") -> ServerFleet:
+    """`count` SDM630s (unit 1, seeds 1..count), each on its own free port, on one thread."""
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    servers = [MeterServer([Sdm630Meter(1, seed=n + 1)], host, 0) for n in range(count)]
+
+    async def start_all() -> None:
+        try:
+            for server in servers:
+                await server.start()
+        except BaseException:
+            for server in servers:
+                await server.stop()
+            raise
+
+    loop_thread = _LoopThread(f"fieldgate-sim x{count}")
+    try:
+        loop_thread.run(start_all())
+    except BaseException:
+        loop_thread.close()
+        raise
+    return ServerFleet([RunningServer(server, loop_thread) for server in servers])

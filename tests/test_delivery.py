@@ -1,0 +1,179 @@
+"""Nothing buffered is lost: through a broker outage and through SIGKILL of the gateway, every
+sequence number arrives at the fleet side, in order (duplicates allowed: QoS 1 is at least once).
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fieldgate_sim.fleet import FleetSubscriber
+from fieldgate_sim.modbus_server import Sdm630Meter, start_in_thread
+from fieldgate_sim.mosquitto import MosquittoBroker
+
+from tests.harness import GatewayProcess, gateway_yaml, reading_seqs, start_gateway
+
+FAST_METERS = """\
+- name: m1
+  bus: lan
+  interval: 200ms
+  max_gap: 80
+  points:
+    - {name: voltage_l1, register: input, address: 0, type: f32, unit: V}
+    - {name: import_energy, register: input, address: 0x48, type: f32, unit: kWh}
+- name: m2
+  bus: lan
+  unit_id: 2
+  interval: 500ms
+  points:
+    - {name: frequency, register: input, address: 0x46, type: f32, unit: Hz}
+"""
+
+
+def lan(port: int) -> str:
+    return f"- name: lan\n  type: modbus_tcp\n  host: 127.0.0.1\n  port: {port}\n"
+
+
+def assert_complete_and_ordered(seqs: list[int], through: int) -> None:
+    """Every number 1..through arrived; the first arrival of each is in increasing order."""
+    first_arrivals = list(dict.fromkeys(seqs))
+    assert first_arrivals == sorted(first_arrivals), "out of order"
+    missing = sorted(set(range(1, through + 1)) - set(seqs))
+    assert not missing, f"lost sequence numbers: {missing[:20]} ({len(missing)} in all)"
+
+
+def buffered_count(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        count: int = db.execute("SELECT count(*) FROM readings").fetchone()[0]
+        return count
+
+
+def newest_seq_stored(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()
+        return int(row[0]) if row else 0
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_broker_down_for_ten_seconds_loses_nothing(
+    broker: MosquittoBroker, fleet: FleetSubscriber, gateways: list[GatewayProcess], tmp_path: Path
+):
+    with start_in_thread([Sdm630Meter(1), Sdm630Meter(2)]) as meter:
+        buffer_path = tmp_path / "buffer.db"
+        config = gateway_yaml(broker.port, buffer_path, lan(meter.port), FAST_METERS)
+        gateway = start_gateway(gateways, tmp_path, config)
+        assert fleet.wait_for(lambda f: len(f.readings()) >= 5, timeout=20), gateway.log()
+
+        broker.stop()
+        time.sleep(10)
+        stored_while_down = buffered_count(buffer_path)
+        broker.start()
+
+        assert gateway.wait_for_log("reachable again", timeout=20), gateway.log()
+        time.sleep(1)
+        assert gateway.stop() == 0
+        through = newest_seq_stored(buffer_path)
+        assert fleet.wait_for(
+            lambda f: set(range(1, through + 1)) <= set(reading_seqs(f.readings())), timeout=20
+        )
+
+    # 10 s at 5 + 2 polls/s: the buffer held the outage's readings and then let them go.
+    assert stored_while_down >= 40
+    assert buffered_count(buffer_path) == 0
+    assert_complete_and_ordered(reading_seqs(fleet.readings()), through)
+    log = gateway.log()
+    assert log.count("unavailable") == 1, log
+    assert log.count("reachable again") == 1, log
+
+
+def kill_and_restart_cycles(
+    cycles: int,
+    broker: MosquittoBroker,
+    fleet: FleetSubscriber,
+    gateways: list[GatewayProcess],
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(20261125)
+    with start_in_thread([Sdm630Meter(1), Sdm630Meter(2)]) as meter:
+        buffer_path = tmp_path / "buffer.db"
+        config = gateway_yaml(broker.port, buffer_path, lan(meter.port), FAST_METERS)
+        for cycle in range(cycles):
+            # Every other cycle the broker is down, so the kill hits a full buffer.
+            broker_down = cycle % 2 == 1
+            if broker_down:
+                broker.stop()
+            gateway = start_gateway(gateways, tmp_path, config)
+            assert gateway.wait_for_log("fieldgate running", timeout=20), gateway.log()
+            time.sleep(rng.uniform(0.3, 1.5))
+            if broker_down:
+                assert wait_until(lambda: buffered_count(buffer_path) > 0, timeout=10)
+            gateway.kill()
+            if broker_down:
+                broker.start()
+        gateway = start_gateway(gateways, tmp_path, config)
+        assert gateway.wait_for_log("fieldgate running", timeout=20)
+        time.sleep(1)
+        assert gateway.stop() == 0
+    through = newest_seq_stored(buffer_path)
+    assert through > cycles
+    assert fleet.wait_for(
+        lambda f: set(range(1, through + 1)) <= set(reading_seqs(f.readings())), timeout=30
+    )
+    assert buffered_count(buffer_path) == 0
+    assert_complete_and_ordered(reading_seqs(fleet.readings()), through)
+
+
+def test_sigkill_mid_run_loses_nothing_buffered(
+    broker: MosquittoBroker, fleet: FleetSubscriber, gateways: list[GatewayProcess], tmp_path: Path
+):
+    kill_and_restart_cycles(4, broker, fleet, gateways, tmp_path)
+
+
+@pytest.mark.slow
+def test_one_hundred_sigkills_lose_nothing(
+    broker: MosquittoBroker, fleet: FleetSubscriber, gateways: list[GatewayProcess], tmp_path: Path
+):
+    kill_and_restart_cycles(100, broker, fleet, gateways, tmp_path)
+
+
+def test_status_is_retained_online_then_offline(
+    broker: MosquittoBroker, gateways: list[GatewayProcess], tmp_path: Path
+):
+    with start_in_thread([Sdm630Meter(1), Sdm630Meter(2)]) as meter:
+        config = gateway_yaml(
+            broker.port, tmp_path / "b.db", lan(meter.port), FAST_METERS, keepalive="1s"
+        )
+        gateway = start_gateway(gateways, tmp_path, config)
+        status = "fieldgate/gw-test/status"
+
+        def latest_status(subscriber: FleetSubscriber) -> bytes | None:
+            found = subscriber.messages(lambda t: t == status)
+            return found[-1].payload if found else None
+
+        with FleetSubscriber(broker.port, topic=status) as watcher:
+            assert watcher.wait_for(lambda w: latest_status(w) == b"online", timeout=20)
+        # Killed without a goodbye: the broker publishes the last will.
+        with FleetSubscriber(broker.port, topic=status) as watcher:
+            gateway.kill()
+            assert watcher.wait_for(lambda w: latest_status(w) == b"offline", timeout=10)
+        # Retained: a subscriber arriving later still sees the state.
+        gateway = start_gateway(gateways, tmp_path, config)
+        with FleetSubscriber(broker.port, topic=status) as watcher:
+            assert watcher.wait_for(lambda w: latest_status(w) == b"online", timeout=20)
+            assert gateway.stop() == 0
+            assert watcher.wait_for(lambda w: latest_status(w) == b"offline", timeout=10)
+        with FleetSubscriber(broker.port, topic=status) as late:
+            assert late.wait_for(lambda w: latest_status(w) == b"offline", timeout=5)
+            assert late.messages()[-1].retain
