@@ -4,16 +4,18 @@ gateway's decoder, so a bug shared by an encoder and the decoder cannot hide."""
 
 from __future__ import annotations
 
+import json
 import struct
 from datetime import UTC, datetime
 from pathlib import Path
 
+import jsonschema
 import pytest
 from fieldgate_sim.fleet import FleetSubscriber
 from fieldgate_sim.modbus_server import RegisterBank, start_in_thread
 from fieldgate_sim.mosquitto import MosquittoBroker
 
-from tests.harness import GatewayProcess, gateway_yaml, start_gateway
+from tests.harness import REPO, GatewayProcess, gateway_yaml, start_gateway
 
 # (type, struct format, value, scale, offset): extremes of each range and awkward floats.
 CASES = [
@@ -81,6 +83,9 @@ def test_values_at_the_broker_match_the_meter(
         assert gateway.stop() == 0
 
     first = fleet.readings()[0]
+    schema = json.loads((REPO / "docs" / "payload.schema.json").read_text())
+    for payload in fleet.readings():
+        jsonschema.validate(payload, schema, format_checker=jsonschema.FormatChecker())
     assert first["gateway"] == "gw-test"
     assert first["device"] == "bank"
     assert first["quality"] == "good"

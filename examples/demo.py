@@ -1,0 +1,74 @@
+"""`make demo`: a simulated SDM630 meter, a local Mosquitto and the gateway with
+examples/demo.yaml; prints every reading as it arrives at the broker, until Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from fieldgate_sim.fleet import FleetSubscriber, Received
+from fieldgate_sim.mosquitto import MosquittoBroker
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "examples" / "demo.yaml"
+METER_PORT = 5020
+BROKER_PORT = 18830
+
+
+def show(message: Received) -> None:
+    if message.topic.endswith("/status"):
+        print(f"{message.topic} = {message.payload.decode()}", flush=True)
+        return
+    reading = message.json()
+    values = "  ".join(
+        f"{name}={point['value']:.2f}{point['unit'] or ''}"
+        for name, point in reading["values"].items()
+        if name in ("voltage_l1", "current_l1", "power_total", "frequency", "import_energy")
+    )
+    print(f"#{reading['seq']} {reading['ts']} {reading['device']}: {values}", flush=True)
+
+
+def start(command: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL)  # noqa: S603
+
+
+def main() -> int:
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    processes: list[subprocess.Popen[bytes]] = []
+    with MosquittoBroker(port=BROKER_PORT) as broker:
+        print(f"mosquitto listening on 127.0.0.1:{broker.port}", flush=True)
+        try:
+            processes.append(
+                start(
+                    [sys.executable, "-m", "fieldgate_sim", "modbus-tcp", "--port", str(METER_PORT)]
+                )
+            )
+            time.sleep(1.0)
+            with FleetSubscriber(broker.port, topic="fieldgate/#", on_message=show):
+                print(f"starting: fieldgate run -c {CONFIG.relative_to(REPO)}", flush=True)
+                processes.append(start([sys.executable, "-m", "gateway", "run", "-c", str(CONFIG)]))
+                print("readings arriving at the broker (Ctrl-C to stop):", flush=True)
+                while not stop.wait(0.5):
+                    if any(p.poll() is not None for p in processes):
+                        print("a demo process exited; stopping", file=sys.stderr)
+                        return 1
+        finally:
+            for process in reversed(processes):
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+    print("demo stopped; the buffer is in var/demo/buffer.db")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
