@@ -41,7 +41,7 @@ def words(fmt: str, value: float, word_order: str) -> list[int]:
 
 def expected_value(fmt: str, value: float, scale: float, offset: float) -> float:
     # What the meter really holds: a float32 cannot hold 49.98 exactly.
-    held = struct.unpack(fmt, struct.pack(fmt, value))[0]
+    held: float = struct.unpack(fmt, struct.pack(fmt, value))[0]
     return held if (scale, offset) == (1.0, 0.0) else held * scale + offset
 
 
