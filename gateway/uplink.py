@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -131,6 +133,7 @@ class _Session:
     def __init__(self, config: MqttConfig, client_id: str, will: tuple[str, bytes]) -> None:
         self._config = config
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -184,7 +187,7 @@ class _Session:
             # Collects the task's own cancellation; still raises if *we* are being cancelled.
             await asyncio.gather(self._misc_task, return_exceptions=True)
         self._client.disconnect()
-        self._client.loop_read()  # lets paho notice the close and release the socket
+        self._client.loop_write()  # sends the DISCONNECT now; paho then closes the socket
         self._drop_socket_watchers()
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> int:
@@ -233,8 +236,8 @@ class _Session:
             await asyncio.sleep(tick)
         self._lost.set()
 
-    # paho callbacks: all run on the event loop's thread, except the socket-open and
-    # register-write ones fired during connect(), which runs on a worker thread.
+    # paho callbacks: all run on the event loop's thread, except the socket ones fired during
+    # connect(), which runs on a worker thread.
     def _on_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _p: Any) -> None:
         if not self._connack.done():
             self._connack.set_result(int(reason.value))
@@ -250,23 +253,38 @@ class _Session:
         self._ack_arrived.set()
 
     def _on_socket_open(self, client: Any, _u: Any, sock: Any) -> None:
-        self._loop.call_soon_threadsafe(self._loop.add_reader, sock, client.loop_read)
+        self._on_loop(lambda: self._loop.add_reader(sock, client.loop_read), sock)
 
     def _on_socket_close(self, _c: Any, _u: Any, sock: Any) -> None:
-        self._loop.remove_reader(sock)
-        self._loop.remove_writer(sock)
+        self._on_loop(lambda: self._unwatch(sock), sock)
 
     def _on_socket_register_write(self, client: Any, _u: Any, sock: Any) -> None:
-        self._loop.call_soon_threadsafe(self._loop.add_writer, sock, client.loop_write)
+        self._on_loop(lambda: self._loop.add_writer(sock, client.loop_write), sock)
 
     def _on_socket_unregister_write(self, _c: Any, _u: Any, sock: Any) -> None:
+        self._on_loop(lambda: self._loop.remove_writer(sock), sock)
+
+    def _on_loop(self, action: Callable[[], object], sock: Any) -> None:
+        """Run ``action`` on the loop's thread, now if we are on it; skip it if by then the
+        socket is closed (paho may open and close it on the connect thread)."""
+
+        def guarded() -> None:
+            if sock.fileno() >= 0:
+                action()
+
+        if threading.get_ident() == self._loop_thread:
+            guarded()
+        else:
+            self._loop.call_soon_threadsafe(guarded)
+
+    def _unwatch(self, sock: Any) -> None:
+        self._loop.remove_reader(sock)
         self._loop.remove_writer(sock)
 
     def _drop_socket_watchers(self) -> None:
         sock = self._client.socket()
-        if sock is not None:
-            self._loop.remove_reader(sock)
-            self._loop.remove_writer(sock)
+        if isinstance(sock, socket.socket) and sock.fileno() >= 0:
+            self._unwatch(sock)
 
 
 class _SessionContext:
