@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fieldgate_sim.fleet import FleetSubscriber, Received
 from fieldgate_sim.mosquitto import MosquittoBroker
+from fieldgate_sim.processes import terminate
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "examples" / "demo.yaml"
@@ -60,12 +61,7 @@ def main() -> int:
                         return 1
         finally:
             for process in reversed(processes):
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                terminate(process)
     print("demo stopped; the buffer is in var/demo/buffer.db")
     return 0
 

@@ -52,21 +52,18 @@ class Uplink:
         self._backoff = Backoff(base=1.0, cap=config.reconnect_max)
         self._status_topic = status_topic(config.topic_prefix, gateway_id)
         self._session: _Session | None = None
-        self.connected = asyncio.Event()
-        self.sent = 0
 
     async def run(self) -> None:
         """Connect, forward, and reconnect with backoff, until cancelled."""
         was_up = True
         while True:
             try:
-                async with _Session.open(self._config, self._client_id, self._will()) as session:
+                async with _Session(self._config, self._client_id, self._will()) as session:
                     self._session = session
                     self._backoff.succeeded()
                     if not was_up:
                         log.info("broker %s is reachable again", self._where)
                     was_up = True
-                    self.connected.set()
                     await self._forward(session)
             except BrokerUnavailable as exc:
                 if was_up:
@@ -76,7 +73,6 @@ class Uplink:
                 was_up = False
             finally:
                 self._session = None
-                self.connected.clear()
             await self._clock.sleep(self._backoff.failed(self._clock.monotonic()))
 
     async def close(self) -> None:
@@ -102,29 +98,33 @@ class Uplink:
         inflight: dict[int, int] = {}  # paho message id -> sequence number
         acked: list[int] = []
         after_seq = 0
-        while True:
-            room = self._config.max_inflight - len(inflight)
-            batch = await self._buffer.oldest(after_seq, room) if room > 0 else []
-            for buffered in batch:
-                topic = reading_topic(prefix, self._gateway_id, buffered.reading.device)
-                mid = session.publish(topic, encode_reading(self._gateway_id, buffered))
-                inflight[mid] = buffered.seq
-                after_seq = buffered.seq
-            for mid in session.take_acknowledged():
-                seq = inflight.pop(mid, None)
-                if seq is not None:
-                    acked.append(seq)
-            if acked and (len(acked) >= _DELETE_BATCH or not batch):
+        try:
+            while True:
+                room = self._config.max_inflight - len(inflight)
+                batch = await self._buffer.oldest(after_seq, room) if room > 0 else []
+                for buffered in batch:
+                    topic = reading_topic(prefix, self._gateway_id, buffered.reading.device)
+                    mid = session.publish(topic, encode_reading(self._gateway_id, buffered))
+                    inflight[mid] = buffered.seq
+                    after_seq = buffered.seq
+                for mid in session.take_acknowledged():
+                    seq = inflight.pop(mid, None)
+                    if seq is not None:
+                        acked.append(seq)
+                if acked and (len(acked) >= _DELETE_BATCH or not batch):
+                    await self._buffer.delete(acked)
+                    acked = []
+                if batch:
+                    continue
+                if inflight:
+                    await session.wait_for_acks(timeout=1.0)
+                else:
+                    await self._buffer.wait_appended(timeout=1.0)
+                session.raise_if_lost()
+        finally:
+            # What the broker acknowledged must not be sent again after a reconnect.
+            if acked:
                 await self._buffer.delete(acked)
-                self.sent += len(acked)
-                acked = []
-            if batch:
-                continue
-            if inflight:
-                await session.wait_for_acks(timeout=1.0)
-            else:
-                await self._buffer.wait_appended(timeout=1.0)
-            session.raise_if_lost()
 
 
 class _Session:
@@ -157,11 +157,18 @@ class _Session:
         self._ack_arrived = asyncio.Event()
         self._misc_task: asyncio.Task[None] | None = None
 
-    @classmethod
-    def open(cls, config: MqttConfig, client_id: str, will: tuple[str, bytes]) -> _SessionContext:
-        return _SessionContext(cls(config, client_id, will))
+    async def __aenter__(self) -> _Session:
+        try:
+            await self._connect()
+        except BaseException:
+            await self._close()
+            raise
+        return self
 
-    async def connect(self) -> None:
+    async def __aexit__(self, *_exc: object) -> None:
+        await self._close()
+
+    async def _connect(self) -> None:
         try:
             await self._loop.run_in_executor(
                 None,
@@ -181,7 +188,7 @@ class _Session:
         if reason != 0:
             raise BrokerUnavailable(f"connection refused: {mqtt.connack_string(reason)}")
 
-    async def close(self) -> None:
+    async def _close(self) -> None:
         if self._misc_task is not None:
             self._misc_task.cancel()
             # Collects the task's own cancellation; still raises if *we* are being cancelled.
@@ -285,19 +292,3 @@ class _Session:
         sock = self._client.socket()
         if isinstance(sock, socket.socket) and sock.fileno() >= 0:
             self._unwatch(sock)
-
-
-class _SessionContext:
-    def __init__(self, session: _Session) -> None:
-        self._session = session
-
-    async def __aenter__(self) -> _Session:
-        try:
-            await self._session.connect()
-        except BaseException:
-            await self._session.close()
-            raise
-        return self._session
-
-    async def __aexit__(self, *_exc: object) -> None:
-        await self._session.close()

@@ -10,6 +10,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from fieldgate_sim.processes import terminate
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -75,15 +77,9 @@ class GatewayProcess:
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM, as systemd stops it; returns the exit code."""
         assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                raise
-        return self.process.returncode
+        code = terminate(self.process, timeout)
+        assert code is not None, f"the gateway did not stop within {timeout}s of SIGTERM"
+        return code
 
     def log(self) -> str:
         """Everything logged by every run of this gateway."""

@@ -86,6 +86,16 @@ def test_silent_meter_is_logged_once_and_does_not_delay_the_other(
     assert flaky_during == []
 
 
+def fieldgate_read(config: Path, device: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "read", "-c", str(config), device],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
 def test_read_prints_a_table_of_the_meter(tmp_path: Path):
     with start_in_thread([Sdm630Meter(1)]) as meter:
         config = tmp_path / "fieldgate.yaml"
@@ -94,13 +104,7 @@ def test_read_prints_a_table_of_the_meter(tmp_path: Path):
             .read_text()
             .replace("port: 5020", f"port: {meter.port}")
         )
-        result = subprocess.run(
-            [sys.executable, "-m", "gateway", "read", "-c", str(config), "main-meter"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        result = fieldgate_read(config, "main-meter")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("main-meter read at ")
@@ -117,12 +121,6 @@ def test_read_of_an_unreachable_meter_says_so(tmp_path: Path):
     config = tmp_path / "fieldgate.yaml"
     # Port 9 (discard) on loopback: nothing listens, the connect is refused at once.
     config.write_text((REPO / "examples" / "demo.yaml").read_text().replace("5020", "9"))
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "read", "-c", str(config), "main-meter"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = fieldgate_read(config, "main-meter")
     assert result.returncode == 69
     assert "main-meter: modbus_tcp meters-lan (127.0.0.1:9): cannot connect" in result.stderr

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -14,6 +13,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from fieldgate_sim.processes import terminate
 
 
 def find_mosquitto() -> str:
@@ -84,14 +85,8 @@ class MosquittoBroker:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            terminate(process, timeout=5)
 
     @property
     def pid(self) -> int | None:
