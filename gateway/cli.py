@@ -11,12 +11,14 @@ from pathlib import Path
 
 from gateway.config.loader import config_json_schema_text, load_config
 from gateway.config.model import GatewayConfig
-from gateway.errors import ConfigError, DeviceError
+from gateway.errors import ConfigError, DeviceError, StorageError
 
 #: sysexits.h EX_CONFIG: systemd's RestartPreventExitStatus keeps a bad config from looping.
 EX_CONFIG = 78
 #: Exit status of ``read`` when the device did not answer.
 EX_UNAVAILABLE = 69
+#: sysexits.h EX_CANTCREAT: the buffer file cannot be opened or created.
+EX_CANTCREAT = 73
 
 log = logging.getLogger("gateway")
 
@@ -44,7 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_read_now(config, args.device))
     from gateway.service import run_gateway  # noqa: PLC0415 - only `run` needs the daemon
 
-    asyncio.run(run_gateway(config))
+    try:
+        asyncio.run(run_gateway(config))
+    except StorageError as exc:
+        log.critical("%s", exc)
+        return EX_CANTCREAT
     return 0
 
 

@@ -47,7 +47,13 @@ class DevicePoller:
     async def run(self) -> None:
         due = next_slot(self._clock.wall(), self.interval)
         while True:
-            await self._clock.sleep(max(0.0, due - self._clock.wall()))
+            wait = due - self._clock.wall()
+            if wait > self.interval:
+                # The wall clock went back (NTP's first sync on a box without an RTC): realign
+                # instead of sleeping until the old time comes round again.
+                due = next_slot(self._clock.wall(), self.interval)
+                continue
+            await self._clock.sleep(max(0.0, wait))
             await self.poll_once()
             due, skipped = following_slot(due, self._clock.wall(), self.interval)
             if skipped:

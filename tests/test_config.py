@@ -53,6 +53,17 @@ def test_run_with_bad_config_exits_78_before_doing_anything(tmp_path: Path):
     assert "configuration is not valid" in result.stderr
 
 
+def test_unusable_buffer_path_is_reported_not_a_traceback(tmp_path: Path):
+    (tmp_path / "a-file").write_text("")
+    config = tmp_path / "fieldgate.yaml"
+    text = case_text("unknown_key").replace("  hots: broker.local\n", "")
+    config.write_text(text.replace("/tmp/fieldgate-test-buffer.db", str(tmp_path / "a-file/b.db")))
+    result = fieldgate("run", "-c", str(config))
+    assert result.returncode == 73
+    assert f"cannot open the buffer {tmp_path / 'a-file/b.db'}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_missing_file_is_a_config_error(tmp_path: Path):
     result = fieldgate("check", str(tmp_path / "nope.yaml"))
     assert result.returncode == 78

@@ -101,6 +101,24 @@ async def test_a_slow_poll_skips_cycles_and_never_piles_up(tmp_path: Path):
     assert poller.health.cycles_skipped >= 2
 
 
+async def test_a_wall_clock_stepping_back_does_not_stall_polling(tmp_path: Path):
+    clock = FakeClock(start=1_000_000.0)
+    device = ScriptedDevice(clock, durations=[0.1], fails=set())
+    original_read = device.read
+
+    async def read_then_step_back() -> Reading:
+        reading = await original_read()
+        if len(device.started_at) == 2:
+            clock.now -= 3600.0  # NTP corrects a clock that was an hour ahead
+        return reading
+
+    device.read = read_then_step_back  # type: ignore[method-assign]
+    await run_poller(tmp_path, clock, device)
+    assert device.started_at[:2] == [1_000_010.0, 1_000_020.0]
+    # Next poll on the new time's grid, one interval later, not an hour later.
+    assert device.started_at[2] == 1_000_020.0 - 3600.0 + 10.0
+
+
 async def test_failures_are_state_transitions(tmp_path: Path, caplog):
     clock = FakeClock(start=0.0)
     device = ScriptedDevice(clock, durations=[0.1], fails={1, 2, 3, 4})
