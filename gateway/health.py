@@ -35,5 +35,10 @@ class DeviceHealth:
         self.last_error = error
 
     def skipped(self, cycles: int) -> None:
+        if self.cycles_skipped == 0:
+            log.warning(
+                "device %s: a poll took longer than the interval; cycles are skipped and "
+                "counted (lengthen the interval or raise the timeout less)",
+                self.device,
+            )
         self.cycles_skipped += cycles
-        log.debug("device %s: poll overran, skipped %d cycle(s)", self.device, cycles)
