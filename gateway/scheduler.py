@@ -7,7 +7,6 @@ never piles up: the next poll waits for the next free slot and the skipped cycle
 
 from __future__ import annotations
 
-import logging
 import math
 
 from gateway.buffer import Buffer
@@ -15,8 +14,6 @@ from gateway.clock import Clock
 from gateway.driver import PolledDevice
 from gateway.errors import DeviceError, StorageError
 from gateway.health import DeviceHealth
-
-log = logging.getLogger(__name__)
 
 
 def next_slot(now: float, interval: float) -> float:
@@ -68,8 +65,8 @@ class DevicePoller:
         try:
             # The poll counts as done only once the reading is committed to disk.
             await self._buffer.append(reading)
-        except StorageError:
-            log.exception("device %s: reading lost, the buffer failed", self.device.name)
-            self.health.failed("buffer failed")
+        except StorageError as exc:
+            # Logged once per outage by the health transition, not once per poll.
+            self.health.failed(f"reading lost, the buffer failed: {exc}")
             return
         self.health.succeeded(reading.read_at_ms)

@@ -155,6 +155,7 @@ class _Session:
         self._lost = asyncio.Event()
         self._acknowledged: list[int] = []
         self._ack_arrived = asyncio.Event()
+        self._awaited: dict[int, asyncio.Future[None]] = {}  # mid -> publish_and_wait's future
         self._misc_task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> _Session:
@@ -177,7 +178,7 @@ class _Session:
                 self._config.port,
                 round(self._config.keepalive),
             )
-        except (OSError, socket.gaierror) as exc:
+        except OSError as exc:  # refused, unreachable, name not resolved
             raise BrokerUnavailable(f"cannot connect: {exc}") from exc
         self._misc_task = asyncio.create_task(self._misc_loop(), name="mqtt-misc")
         try:
@@ -206,11 +207,12 @@ class _Session:
     async def publish_and_wait(
         self, topic: str, payload: bytes, retain: bool, timeout: float
     ) -> None:
+        acknowledged = self._loop.create_future()
         try:
             mid = self.publish(topic, payload, retain=retain)
+            self._awaited[mid] = acknowledged
             async with asyncio.timeout(timeout):
-                while mid not in self._acknowledged:
-                    await self.wait_for_acks(timeout)
+                await acknowledged
         except (BrokerUnavailable, TimeoutError):
             log.debug("could not publish %s before closing", topic)
 
@@ -258,6 +260,9 @@ class _Session:
     def _on_publish(self, _c: Any, _u: Any, mid: int, _reason: Any, _p: Any) -> None:
         self._acknowledged.append(mid)
         self._ack_arrived.set()
+        awaited = self._awaited.pop(mid, None)
+        if awaited is not None and not awaited.done():
+            awaited.set_result(None)
 
     def _on_socket_open(self, client: Any, _u: Any, sock: Any) -> None:
         self._on_loop(lambda: self._loop.add_reader(sock, client.loop_read), sock)
