@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -206,24 +206,25 @@ def _child(node: Any, part: str | int) -> Any:
 
 
 def _allowed_keys(loc: KeyPath, data: Any) -> list[str]:
-    """Field names of the model that validates the mapping at ``loc`` (empty if unknown)."""
+    """Keys (as written in YAML) of the model that validates the mapping at ``loc`` (empty if
+    unknown)."""
     model = _model_at(loc, data)
-    return list(model.model_fields) if model else []
+    if model is None:
+        return []
+    return [field.alias or name for name, field in model.model_fields.items()]
 
 
 def _model_at(loc: KeyPath, data: Any) -> type[BaseModel] | None:
     annotation: Any = GatewayConfig
     node = data
     for part in loc:
-        model = _pick_model(annotation, node)
-        if model is None:
-            return None
         if isinstance(part, str):
-            field = model.model_fields.get(part)
+            model = _pick_model(annotation, node)
+            field = model.model_fields.get(part) if model else None
             if field is None:
                 return None
             annotation = field.annotation
-        else:
+        else:  # an index into a list: the list's item type
             args = typing.get_args(_unwrap(annotation))
             if not args:
                 return None
@@ -235,10 +236,13 @@ def _model_at(loc: KeyPath, data: Any) -> type[BaseModel] | None:
 def _pick_model(annotation: Any, node: Any) -> type[BaseModel] | None:
     for candidate in _members(annotation):
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            # A union member is told apart by a `type: Literal[...]` tag; any other `type`
+            # field (a point's value type) is plain data.
             type_field = candidate.model_fields.get("type")
-            if type_field is None or not isinstance(node, dict):
+            tag = type_field.annotation if type_field is not None else None
+            if typing.get_origin(tag) is not Literal or not isinstance(node, dict):
                 return candidate
-            if node.get("type") in typing.get_args(type_field.annotation):
+            if node.get("type") in typing.get_args(tag):
                 return candidate
     return None
 
