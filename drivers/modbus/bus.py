@@ -130,10 +130,6 @@ class ModbusBus:
     async def _execute(
         self, client: ModbusBaseClient, device: ModbusDevice, request: ReadRequest
     ) -> list[int]:
-        what = (
-            f"{request.register_type} registers {request.address}..."
-            f"{request.address + request.count - 1} of unit {device.unit_id} on {self._describe}"
-        )
         read = (
             client.read_holding_registers
             if request.register_type is RegisterType.HOLDING
@@ -143,24 +139,36 @@ class ModbusBus:
             response = await read(request.address, count=request.count, device_id=device.unit_id)
         except ConnectionException as exc:
             self._drop_connection()
+            what = self._what(device, request)
             raise DeviceUnreachable(f"{what}: connection lost ({exc})") from exc
         except ModbusIOException as exc:
             # No answer in time, or an answer to another request: either way the line is in an
             # unknown state, so the next read starts on a fresh connection.
             self._drop_connection()
+            what = self._what(device, request)
             raise DeviceTimeout(f"{what}: no valid answer within the timeout") from exc
         except ModbusException as exc:
-            raise DeviceProtocolError(f"{what}: {exc}") from exc
+            raise DeviceProtocolError(f"{self._what(device, request)}: {exc}") from exc
         if response.isError():
             code = getattr(response, "exception_code", 0)
             name = _EXCEPTION_NAMES.get(code, "unknown exception")
+            what = self._what(device, request)
             raise DeviceProtocolError(f"{what}: exception {code} ({name})")
         registers = list(response.registers)
         if len(registers) != request.count:
             raise DeviceProtocolError(
-                f"{what}: answered {len(registers)} registers instead of {request.count}"
+                f"{self._what(device, request)}: answered {len(registers)} registers "
+                f"instead of {request.count}"
             )
         return registers
+
+    def _what(self, device: ModbusDevice, request: ReadRequest) -> str:
+        """The request, as an error message names it (built only when there is an error)."""
+        last = request.address + request.count - 1
+        return (
+            f"{request.register_type} registers {request.address}...{last} "
+            f"of unit {device.unit_id} on {self._describe}"
+        )
 
     def _drop_connection(self) -> None:
         if self._client is not None:
