@@ -8,25 +8,43 @@ not change.
 from __future__ import annotations
 
 import importlib
+import typing
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, Tag
 
+from drivers.host.config import HostBus, HostDevice
 from drivers.modbus.config import ModbusDevice, ModbusTcpBus
+from gateway.config.fields import DeviceBase
 from gateway.driver import BusDriverFactory
 
 #: Every bus kind a config may name, told apart by its ``type`` key.
-BusConfig = Annotated[ModbusTcpBus, Field(discriminator="type")]
+BusConfig = Annotated[ModbusTcpBus | HostBus, Field(discriminator="type")]
 
-#: Every device kind. One member today; a new kind joins this union and names its model in its
-#: bus's ``device_model``.
-DeviceConfig = ModbusDevice
+#: Every device kind, each tagged with its class name. A device has no key that tells its kind:
+#: the config chooses the model its bus names (``device_model``) before validating it.
+DeviceConfig = (
+    Annotated[ModbusDevice, Tag(ModbusDevice.__name__)]
+    | Annotated[HostDevice, Tag(HostDevice.__name__)]
+)
 
 #: ``type`` of a bus -> "module:factory" that opens it. Imported lazily, so that a gateway with
 #: only Modbus buses never imports bleak, and the core never imports a protocol library.
 _DRIVERS: dict[str, str] = {
     "modbus_tcp": "drivers.modbus.tcp:open_modbus_tcp_bus",
+    "host": "drivers.host.driver:open_host_bus",
 }
+
+_DEVICE_MODELS: dict[object, type[DeviceBase]] = {
+    bus_type: bus_model.device_model
+    for bus_model in typing.get_args(typing.get_args(BusConfig)[0])
+    for bus_type in typing.get_args(bus_model.model_fields["type"].annotation)
+}
+
+
+def device_model_of(bus_type: object) -> type[DeviceBase] | None:
+    """The device model a bus of ``bus_type`` reaches; ``None`` if no bus has that type."""
+    return _DEVICE_MODELS.get(bus_type) if isinstance(bus_type, str) else None
 
 
 def bus_driver_factory(bus_type: str) -> BusDriverFactory:

@@ -29,6 +29,7 @@ def show(message: Received) -> None:
         f"{name}={point['value']:.2f}{point['unit'] or ''}"
         for name, point in reading["values"].items()
         if name in ("voltage_l1", "current_l1", "power_total", "frequency", "import_energy")
+        or name in ("soc_temperature", "filesystem_free_percent", "load_1m")
     )
     print(f"#{reading['seq']} {reading['ts']} {reading['device']}: {values}", flush=True)
 

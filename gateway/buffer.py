@@ -180,9 +180,31 @@ class ReadingStore:
 
 
 def _row_to_buffered(row: tuple[int, str, int, str, str]) -> BufferedReading:
+    """Decode one row. A row that no longer decodes (a damaged file, a row written by another
+    version) is a StorageError naming its seq, like any other failure of the buffer, so that
+    the forwarder reports it instead of dying on a ValueError."""
     seq, device, read_at_ms, quality, point_values = row
-    values = tuple(PointValue(name, value, unit) for name, value, unit in json.loads(point_values))
-    return BufferedReading(seq, Reading(device, read_at_ms, values, Quality(quality)))
+    try:
+        values = _decode_points(point_values)
+        return BufferedReading(seq, Reading(device, read_at_ms, values, Quality(quality)))
+    except (ValueError, TypeError) as exc:  # JSONDecodeError and an unknown Quality included
+        raise StorageError(f"buffered reading seq {seq} does not decode: {exc}") from exc
+
+
+def _decode_points(point_values: str) -> tuple[PointValue, ...]:
+    items = json.loads(point_values)
+    if not isinstance(items, list):
+        raise TypeError(f"point_values is not a list: {point_values[:80]!r}")
+    points: list[PointValue] = []
+    for item in items:
+        match item:
+            case [str(name), value, str() | None as unit] if value is None or (
+                isinstance(value, int | float) and not isinstance(value, bool)
+            ):
+                points.append(PointValue(name, value, unit))
+            case _:
+                raise TypeError(f"not a [name, number or null, unit] triple: {item!r}"[:120])
+    return tuple(points)
 
 
 class Buffer:

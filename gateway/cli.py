@@ -1,4 +1,8 @@
-"""The ``fieldgate`` command: run, check, read, schema."""
+"""The ``fieldgate`` command: run, check, read, schema.
+
+Imports only what every command needs at the top: ``run`` must catch a stop signal from its
+first moments, before the config models (pydantic, the drivers' catalog) have been imported.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,13 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gateway.config.loader import config_json_schema_text, load_config
-from gateway.config.model import GatewayConfig
 from gateway.errors import ConfigError, DeviceError, StorageError
+from gateway.shutdown import ShutdownRequest
+
+if TYPE_CHECKING:
+    from gateway.config.model import GatewayConfig
 
 #: sysexits.h EX_CONFIG: systemd's RestartPreventExitStatus keeps a bad config from looping.
 EX_CONFIG = 78
@@ -24,10 +31,16 @@ log = logging.getLogger("gateway")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    _configure_logging(args.verbose)
+    args = _parser().parse_args(argv)
     command: str = args.command
+    shutdown = ShutdownRequest(end_hard=True)
+    if command == "run":
+        # First thing: from here on a SIGTERM is a request to stop, not the end of the process.
+        shutdown.install()
+    _configure_logging(args.verbose)
+    # Imported here, not at the top: see the module's docstring.
+    from gateway.config.loader import config_json_schema_text, load_config  # noqa: PLC0415
+
     if command == "schema":
         sys.stdout.write(config_json_schema_text())
         return 0
@@ -47,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gateway.service import run_gateway  # noqa: PLC0415 - only `run` needs the daemon
 
     try:
-        asyncio.run(run_gateway(config))
+        asyncio.run(run_gateway(config, shutdown))
     except StorageError as exc:
         log.critical("%s", exc)
         return EX_CANTCREAT

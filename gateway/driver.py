@@ -3,18 +3,27 @@
 A *bus driver* owns one field bus (a TCP endpoint, a serial line, a BLE adapter) and the one
 connection to it. It is an async context manager: entering it must not fail because a device is
 down (connections are made lazily and re-made on demand), leaving it closes the connection.
-Through it the core gets one :class:`PolledDevice` per configured device, whose ``read()`` polls
-the device now and returns a :class:`~gateway.readings.Reading` or raises a
-:class:`~gateway.errors.DeviceError`. Drivers translate their library's exceptions into that tree
-at their edge; they never return ``None`` to mean failure.
+Readings reach the core in one of two ways, and a bus may offer both:
+
+- *polled*: the core's scheduler calls ``read()`` of each :class:`PolledDevice` in ``devices``
+  on the device's interval; it returns a :class:`~gateway.readings.Reading` or raises a
+  :class:`~gateway.errors.DeviceError`;
+- *streaming* (:class:`StreamingBusDriver`): the device speaks when it wants (BLE
+  advertisements, a meter that pushes, an M-Bus HAN port); the core runs ``stream(sink)`` as a
+  task and the driver hands each reading to the :class:`ReadingSink`.
+
+Drivers translate their library's exceptions into :mod:`gateway.errors` at their edge; they never
+return ``None`` to mean failure. Anything else a driver raises is a bug: the core contains it to
+that device (polled) or that bus's stream, logs it once and carries on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
+from gateway.errors import DeviceError
 from gateway.readings import Reading
 
 if TYPE_CHECKING:
@@ -32,6 +41,20 @@ class PolledDevice(Protocol):
         ...
 
 
+class ReadingSink(Protocol):
+    """Where every reading enters the core, whoever produced it (see :mod:`gateway.sink`)."""
+
+    async def submit(self, reading: Reading) -> None:
+        """Store ``reading`` durably before returning. Never raises for a storage failure: the
+        core reports that itself; the driver just goes on."""
+        ...
+
+    def device_failed(self, device: str, error: DeviceError) -> None:
+        """Report that ``device`` could not be heard from (a sensor that stopped advertising
+        past its staleness limit): recorded in its health, logged once per outage."""
+        ...
+
+
 class BusDriver(Protocol):
     """One field bus and the devices on it."""
 
@@ -46,6 +69,17 @@ class BusDriver(Protocol):
 
     @property
     def devices(self) -> Sequence[PolledDevice]: ...
+
+
+@runtime_checkable
+class StreamingBusDriver(BusDriver, Protocol):
+    """A bus whose devices push their readings."""
+
+    async def stream(self, sink: ReadingSink) -> None:
+        """Hand readings to ``sink`` as they arrive, until cancelled. Errors of one device are
+        reported with ``sink.device_failed``; an exception that escapes ends this run, and the
+        core logs it once and calls ``stream`` again after a backoff."""
+        ...
 
 
 #: Builds a bus driver from the bus's config model, the config models of its devices and the

@@ -7,7 +7,15 @@ these at the edge where they happen, so the core only ever handles these types::
     │   ├── DeviceTimeout      the device did not answer in time (absent, unpowered, wrong id)
     │   ├── DeviceUnreachable  no transport to the device (TCP connect refused, port missing)
     │   └── DeviceProtocolError the device answered, but with an exception code or garbage
-    └── StorageError           the local buffer failed (disk full, corrupt file)
+    ├── StorageError           the local buffer failed (disk full, locked, a row that no longer
+    │                          decodes); the forwarder reports it and retries
+    └── UplinkError            the MQTT session failed; the forwarder reconnects with backoff
+        ├── BrokerUnavailable  the broker cannot be reached, sent no CONNACK (or SUBACK or PUBACK
+        │                      in time), or the connection was lost
+        └── BrokerRefused      the broker answered and said no: CONNACK refused (credentials,
+            │                  client id, not authorised); retrying helps only once the broker's
+            │                  or our configuration changes
+            └── SubscriptionRefused  SUBACK refused a subscription (the broker's ACL)
 """
 
 from __future__ import annotations
@@ -44,3 +52,24 @@ class DeviceProtocolError(DeviceError):
 
 class StorageError(FieldgateError):
     """The local SQLite buffer failed."""
+
+
+class UplinkError(FieldgateError):
+    """The MQTT session to the broker failed."""
+
+
+class BrokerUnavailable(UplinkError):
+    """The broker cannot be reached, did not answer in time, or the connection was lost."""
+
+
+class BrokerRefused(UplinkError):
+    """The broker refused what we asked for. ``reason`` is the broker's reason as MQTT names it
+    (``Not authorized``, ``Bad user name or password`` ...); the message says what to check."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class SubscriptionRefused(BrokerRefused):
+    """The broker refused a subscription (SUBACK failure code), usually its ACL."""

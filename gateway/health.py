@@ -1,10 +1,15 @@
-"""Device health as state, not log lines: each device is up or down, and only a change of state
-is logged (the failure once, the recovery once), as Home Assistant's update coordinator does."""
+"""Health as state, not log lines: every device and every part of the core (buffer, uplink) is
+up or down, and only a change of state is logged (the failure once, the recovery once), as Home
+Assistant's update coordinator does.
+
+The service owns one :class:`HealthRegistry`; the sink, the pollers and the forwarder write to
+it, and whatever reports health (the CLI, metrics, systemd's ``STATUS=`` and watchdog) reads it.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
@@ -15,6 +20,9 @@ class DeviceHealth:
     up: bool | None = None  # None until the first poll has finished
     polls_ok: int = 0
     polls_failed: int = 0
+    #: Failures that were not a DeviceError: a bug in the driver or an unexpected library
+    #: error. Counted apart so that a fleet manager can tell a dead meter from a broken driver.
+    driver_faults: int = 0
     cycles_skipped: int = 0
     last_error: str | None = None
     last_success_ms: int | None = None
@@ -34,6 +42,21 @@ class DeviceHealth:
         self.up = False
         self.last_error = error
 
+    def faulted(self, error: BaseException) -> None:
+        """The driver raised something it should not have: log it with its traceback, once per
+        outage, and count it; the device is polled again on its next slot."""
+        self.polls_failed += 1
+        self.driver_faults += 1
+        if self.up is not False:
+            log.error(
+                "device %s: the driver failed unexpectedly (a bug; the device is retried on its "
+                "next slot, the others are not affected; logged once until it recovers)",
+                self.device,
+                exc_info=error,
+            )
+        self.up = False
+        self.last_error = f"driver fault: {type(error).__name__}: {error}"
+
     def skipped(self, cycles: int) -> None:
         if self.cycles_skipped == 0:
             log.warning(
@@ -42,3 +65,89 @@ class DeviceHealth:
                 self.device,
             )
         self.cycles_skipped += cycles
+
+
+@dataclass(slots=True)
+class PartHealth:
+    """A part of the core (the buffer, the uplink) that works or does not. ``consequence`` says
+    in the failure's log line what the failure costs, so the reader knows how worried to be."""
+
+    part: str
+    consequence: str
+    up: bool | None = None
+    failures: int = 0
+    last_error: str | None = None
+
+    def failed(self, error: str) -> None:
+        self.failures += 1
+        if self.up is not False:
+            log.warning(
+                "%s failed: %s; %s (logged once until it recovers)",
+                self.part,
+                error,
+                self.consequence,
+            )
+        self.up = False
+        self.last_error = error
+
+    def recovered(self) -> None:
+        if self.up is False:
+            log.info("%s works again after %s", self.part, self.last_error)
+        self.up = True
+        self.last_error = None
+
+
+@dataclass(slots=True)
+class Progress:
+    """Evidence that the gateway does its job, for the systemd watchdog: readings that entered
+    the sink and when the last one did (monotonic seconds)."""
+
+    readings_stored: int = 0
+    readings_lost: int = 0
+    last_stored_at: float | None = None
+
+    def stored(self, now: float) -> None:
+        self.readings_stored += 1
+        self.last_stored_at = now
+
+
+@dataclass(slots=True)
+class HealthRegistry:
+    """Every device's health and the core's parts, owned by the service."""
+
+    devices: dict[str, DeviceHealth] = field(default_factory=dict)
+    #: Two views of one buffer, kept apart so that a failing delete and working appends do not
+    #: log a failure and a recovery alternately: what each failure costs differs too.
+    storing: PartHealth = field(
+        default_factory=lambda: PartHealth(
+            "storing readings in the buffer", "new readings are lost until it works again"
+        )
+    )
+    forwarding: PartHealth = field(
+        default_factory=lambda: PartHealth(
+            "reading the buffer for the uplink", "readings wait in the buffer; nothing is lost"
+        )
+    )
+    uplink: PartHealth = field(
+        default_factory=lambda: PartHealth("the uplink", "readings stay buffered")
+    )
+    progress: Progress = field(default_factory=Progress)
+
+    def device(self, name: str) -> DeviceHealth:
+        """The health of device ``name``, created on first use."""
+        health = self.devices.get(name)
+        if health is None:
+            health = self.devices[name] = DeviceHealth(name)
+        return health
+
+    def status_line(self) -> str:
+        """One line a person can read, for systemd's ``STATUS=``."""
+        up = sum(1 for health in self.devices.values() if health.up)
+        down = sum(1 for health in self.devices.values() if health.up is False)
+        uplink = {None: "connecting", True: "connected", False: "down"}[self.uplink.up]
+        failing = self.storing.up is False or self.forwarding.up is False
+        buffer = "failing" if failing else "ok"
+        return (
+            f"devices: {up} ok, {down} failing; uplink {uplink}; buffer {buffer}; "
+            f"{self.progress.readings_stored} readings stored"
+        )

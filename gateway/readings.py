@@ -66,9 +66,3 @@ def reading_from_values(device: str, read_at_ms: int, values: tuple[PointValue, 
         else:
             cleaned.append(point)
     return Reading(device=device, read_at_ms=read_at_ms, values=tuple(cleaned), quality=quality)
-
-
-def iso_utc_ms(epoch_ms: int) -> str:
-    """ISO 8601 UTC with milliseconds and a ``Z``: the timestamp format of the wire payload."""
-    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"

@@ -1,4 +1,11 @@
-"""The supervisor: opens the buffer and the buses, and owns every long-running task."""
+"""The supervisor: opens the buffer and the buses, owns every long-running task, contains their
+failures, and stops them all within the configured bound.
+
+Every task is one of: a :class:`~gateway.scheduler.DevicePoller` per polled device, a stream per
+streaming bus, and the forwarder. Each runs under :func:`_keep_running`, which logs an escaped
+exception once with its traceback and starts the part again after a backoff, so a bug in one
+part costs that part and never the process.
+"""
 
 from __future__ import annotations
 
@@ -6,68 +13,202 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 from drivers.catalog import bus_driver_factory
+from gateway.backoff import Backoff
 from gateway.buffer import Buffer
 from gateway.clock import Clock, SystemClock
 from gateway.config.model import GatewayConfig
-from gateway.driver import PolledDevice
+from gateway.driver import BusDriverFactory, PolledDevice, StreamingBusDriver
+from gateway.health import HealthRegistry
 from gateway.scheduler import DevicePoller
-from gateway.uplink import Uplink
+from gateway.shutdown import ShutdownRequest
+from gateway.sink import Sink
+from gateway.upstream.forwarder import Forwarder
+from gateway.upstream.json_dialect import JsonDialect
 
 log = logging.getLogger(__name__)
 
+#: Of the stop bound, the most the goodbye to the broker may take: the retained ``offline`` is
+#: worth a moment, not the whole bound (the last will says the same, only later).
+_GOODBYE_MAX = 2.0
+#: How often tasks that have not ended are cancelled again while stopping.
+_RECANCEL_EVERY = 0.05
 
-async def run_gateway(config: GatewayConfig, clock: Clock | None = None) -> None:
-    """Run until SIGTERM or SIGINT (or cancellation), then shut down cleanly."""
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """A long-running part of the gateway and how to run it once."""
+
+    name: str
+    run: Callable[[], Awaitable[None]]
+
+
+async def run_gateway(
+    config: GatewayConfig,
+    shutdown: ShutdownRequest | None = None,
+    clock: Clock | None = None,
+    health: HealthRegistry | None = None,
+    drivers: Callable[[str], BusDriverFactory] = bus_driver_factory,
+) -> None:
+    """Run until a stop is requested (SIGTERM or SIGINT), then stop within the configured bound
+    (``gateway.stop_timeout``) with everything stored committed in the buffer. ``drivers``
+    gives the factory of a bus type (the catalog's; tests bring drivers of their own)."""
     clock = clock or SystemClock()
-    buffer = await Buffer.open(config.buffer.path, config.buffer.max_size, config.buffer.max_age)
+    health = health or HealthRegistry()
+    for device in config.devices:
+        health.device(device.name)  # every configured device is in the registry from the start
+    shutdown = shutdown or ShutdownRequest()
+    shutdown.set_bound(config.gateway.stop_timeout)
+    stop = shutdown.attach(asyncio.get_running_loop())
     try:
-        async with contextlib.AsyncExitStack() as buses:
-            devices: dict[str, PolledDevice] = {}
-            for bus_config in config.buses:
-                factory = bus_driver_factory(bus_config.type)
-                bus = await buses.enter_async_context(
-                    factory(bus_config, config.devices_on(bus_config.name), clock)
+        if stop.is_set():
+            log.info("stop requested before start; nothing was opened")
+            return
+        limits = config.buffer
+        buffer = await Buffer.open(limits.path, limits.max_size, limits.max_age)
+        try:
+            async with contextlib.AsyncExitStack() as buses:
+                sink = Sink(buffer, health, clock)
+                parts = await _open_buses(config, drivers, buses, sink, clock, stop)
+                forwarder = Forwarder(
+                    config.mqtt,
+                    JsonDialect(config.mqtt.topic_prefix, config.gateway.id),
+                    buffer,
+                    clock,
+                    health.uplink,
+                    health.forwarding,
+                    gateway_id=config.gateway.id,
                 )
-                devices.update((device.name, device) for device in bus.devices)
-            pollers = [
-                DevicePoller(devices[device.name], device.interval, buffer, clock)
-                for device in config.devices
-            ]
-            uplink = Uplink(config.mqtt, config.gateway.id, buffer, clock)
-            await _serve(pollers, uplink)
+                await _serve(
+                    parts,
+                    forwarder=forwarder,
+                    health=health,
+                    stop=stop,
+                    shutdown=shutdown,
+                    clock=clock,
+                )
+                # Leaving the stack closes the buses: bounded like every other step.
+                await _bounded(buses.aclose(), shutdown, "closing the buses")
+        finally:
+            await _bounded(buffer.close(), shutdown, "closing the buffer")
     finally:
-        await buffer.close()
+        shutdown.detach()
 
 
-async def _serve(pollers: list[DevicePoller], uplink: Uplink) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+async def _open_buses(  # noqa: PLR0917 - one caller, each argument a different part
+    config: GatewayConfig,
+    drivers: Callable[[str], BusDriverFactory],
+    buses: contextlib.AsyncExitStack,
+    sink: Sink,
+    clock: Clock,
+    stop: asyncio.Event,
+) -> list[_Part]:
+    devices: dict[str, PolledDevice] = {}
+    parts: list[_Part] = []
+    for bus_config in config.buses:
+        factory = drivers(bus_config.type)
+        bus = await buses.enter_async_context(
+            factory(bus_config, config.devices_on(bus_config.name), clock)
+        )
+        devices.update((device.name, device) for device in bus.devices)
+        if isinstance(bus, StreamingBusDriver):
+            parts.append(_Part(f"stream of bus {bus_config.name}", _stream_runner(bus, sink)))
+    for device in config.devices:
+        polled = devices.get(device.name)
+        if polled is not None:
+            poller = DevicePoller(polled, device.interval, sink, clock, stop)
+            parts.append(_Part(f"poller of {device.name}", poller.run))
+    return parts
+
+
+def _stream_runner(bus: StreamingBusDriver, sink: Sink) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        await bus.stream(sink)
+
+    return run
+
+
+async def _serve(
+    parts: Sequence[_Part],
+    *,
+    forwarder: Forwarder,
+    health: HealthRegistry,
+    stop: asyncio.Event,
+    shutdown: ShutdownRequest,
+    clock: Clock,
+) -> None:
+    producers = {
+        asyncio.create_task(_keep_running(part, stop, clock), name=part.name) for part in parts
+    }
+    uplink = asyncio.create_task(
+        _keep_running(_Part("uplink", forwarder.run), stop, clock), name="uplink"
+    )
     try:
-        # A task that fails unexpectedly cancels the others and the exception propagates: the
-        # process exits non-zero and systemd restarts it, with the buffer intact on disk.
-        async with asyncio.TaskGroup() as group:
-            tasks = [
-                group.create_task(poller.run(), name=f"poll {poller.device.name}")
-                for poller in pollers
-            ]
-            tasks.append(group.create_task(uplink.run(), name="uplink"))
-            log.info("fieldgate running: %d device(s)", len(pollers))
-            notify_systemd("READY=1")
-            await stop.wait()
-            log.info("stopping")
-            notify_systemd("STOPPING=1")
-            await uplink.close()
-            for task in tasks:
-                task.cancel()
+        log.info("fieldgate running: %d device(s)", len(health.devices))
+        notify_systemd("READY=1")
+        await stop.wait()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
+        # Also when we are cancelled ourselves: no task outlives its owner, and the bound holds.
+        shutdown.request()
+        log.info("stopping (within %.1fs)", shutdown.seconds_left())
+        notify_systemd("STOPPING=1")
+        await _stop_tasks(producers, shutdown)
+        goodbye = min(_GOODBYE_MAX, shutdown.seconds_left() / 2)
+        await _bounded(forwarder.say_goodbye(goodbye), shutdown, "the goodbye to the broker")
+        await _stop_tasks({uplink}, shutdown)
+    log.info("stopped")
+
+
+async def _keep_running(part: _Part, stop: asyncio.Event, clock: Clock) -> None:
+    """Run ``part`` until ``stop``; an exception that escapes it is logged (once per run of
+    failures, with its traceback) and the part starts again after a capped, jittered backoff."""
+    backoff = Backoff(base=1.0, cap=60.0)
+    while not stop.is_set():
+        try:
+            await part.run()
+        except Exception as exc:
+            if backoff.failures == 0:
+                log.exception(
+                    "%s failed unexpectedly (a bug); it starts again, the rest goes on", part.name
+                )
+            else:
+                log.debug("%s failed again: %r", part.name, exc)
+        else:
+            if stop.is_set():
+                return
+            backoff.succeeded()
+            log.warning("%s ended by itself; it starts again", part.name)
+        await clock.sleep(backoff.failed(clock.monotonic()))
+
+
+async def _stop_tasks(tasks: set[asyncio.Task[None]], shutdown: ShutdownRequest) -> None:
+    """Cancel ``tasks`` and keep cancelling those still running until all are done or the bound
+    is spent: one cancellation can be swallowed (see :mod:`gateway.scheduler`)."""
+    pending = {task for task in tasks if not task.done()}
+    while pending and shutdown.seconds_left() > 0:
+        for task in pending:
+            task.cancel()
+        _done, pending = await asyncio.wait(
+            pending, timeout=min(_RECANCEL_EVERY, shutdown.seconds_left())
+        )
+    if pending:
+        names = ", ".join(sorted(task.get_name() for task in pending))
+        log.error("did not stop within the bound: %s", names)
+
+
+async def _bounded(step: Awaitable[None], shutdown: ShutdownRequest, what: str) -> None:
+    """Run a step of the shutdown in what is left of the bound."""
+    try:
+        async with asyncio.timeout(shutdown.seconds_left()):
+            await step
+    except TimeoutError:
+        log.error(  # noqa: TRY400 - where it hung is in the message; a traceback adds nothing
+            "%s did not finish within the stop bound; going on without it", what
+        )
 
 
 def notify_systemd(state: str) -> None:

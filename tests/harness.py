@@ -23,6 +23,7 @@ def gateway_yaml(
     *,
     gateway_id: str = "gw-test",
     keepalive: str = "30s",
+    stop_timeout: str = "10s",
 ) -> str:
     """A whole config file; ``buses`` and ``devices`` are YAML list items (``- name: ...``)."""
     return (
@@ -30,6 +31,7 @@ def gateway_yaml(
             f"""\
             gateway:
               id: {gateway_id}
+              stop_timeout: {stop_timeout}
             mqtt:
               host: 127.0.0.1
               port: {broker_port}
@@ -89,6 +91,16 @@ class GatewayProcess:
         with self.log_path.open("rb") as log:
             log.seek(self._log_start)
             return log.read().decode(errors="replace")
+
+    def catches_sigterm(self) -> bool:
+        """Whether the process has its own SIGTERM handler yet (from /proc: SigCgt)."""
+        assert self.process is not None
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return False
+        caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+        return bool(int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
 
     def wait_for_log(self, text: str, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

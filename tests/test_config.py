@@ -12,6 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from drivers.host.config import HostDevice, HostMetric
+from drivers.modbus.config import ModbusDevice
 from gateway.config.fields import parse_duration, parse_size
 from gateway.config.loader import config_json_schema_text, load_config, parse_config
 from gateway.errors import ConfigError
@@ -84,7 +86,7 @@ def test_example_configs_are_valid():
         assert config.devices, example
     result = fieldgate("check", str(REPO / "examples" / "demo.yaml"))
     assert result.returncode == 0
-    assert "OK (1 bus(es), 1 device(s))" in result.stdout
+    assert "OK (2 bus(es), 2 device(s))" in result.stdout
 
 
 def test_values_people_write_reach_the_model():
@@ -93,7 +95,55 @@ def test_values_people_write_reach_the_model():
     config = parse_config(text)
     assert config.devices[0].interval == 90.0
     assert config.buffer.max_size == 64_000_000
-    assert config.devices[0].points[0].register_type == "input"
+    device = config.devices[0]
+    assert isinstance(device, ModbusDevice)
+    assert device.points[0].register_type == "input"
+
+
+def test_each_device_gets_the_model_of_its_bus():
+    config = parse_config(case_text("modbus_typo_beside_host").replace("    unti_id: 2\n", ""))
+    meter, box = config.devices
+    assert isinstance(meter, ModbusDevice)
+    assert isinstance(box, HostDevice)
+    assert box.metrics == list(HostMetric)
+    assert config.devices_on("box") == [box]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "starts"),
+    [
+        (
+            "    interval: 10s\n",
+            "    interval: 10s\n    unti_id: 2\n",
+            "f.yaml:19: devices[0].unti_id: ",
+        ),
+        ("    bus: box\n", "    bus: box\n    unit_id: 2\n", "f.yaml:27: devices[1].unit_id: "),
+        (
+            "    bus: box\n",
+            "    bus: box\n    interval: soon\n",
+            "f.yaml:27: devices[1].interval: ",
+        ),
+        (
+            "    bus: box\n",
+            "    bus: box\n    metrics: [lod_1m]\n",
+            "f.yaml:27: devices[1].metrics[0]: ",
+        ),
+        ("    bus: box\n", "    bus: bxo\n", "f.yaml:26: devices[1].bus: bus 'bxo' is not defined"),
+        ("    bus: lan\n", "    bus: box\n", "f.yaml:19: devices[0].points: unknown key 'points'"),
+        ("    type: host\n", "    type: hots\n", "f.yaml:14: buses[1].type: 'hots' is not one of"),
+    ],
+)
+def test_one_mistake_among_device_kinds_is_one_line(old: str, new: str, starts: str):
+    text = case_text("modbus_typo_beside_host").replace("    unti_id: 2\n", "")
+    assert text.count(old) == 1
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text.replace(old, new), source="f.yaml")
+    problems = caught.value.problems
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(starts), problems[0]
+    # Nothing of pydantic's inner workings: no union tags, validator or model names.
+    for internal in ("function-after", "tagged-union", "union_tag", "Device", "Bus"):
+        assert internal not in problems[0]
 
 
 def test_committed_schema_is_current():
@@ -105,6 +155,13 @@ def test_committed_schema_is_current():
     point = schema["$defs"]["ModbusPoint"]
     assert point["additionalProperties"] is False
     assert "f32" in schema["$defs"]["ValueType"]["enum"]
+    # Editors complete every kind of device: the items are one of the device models.
+    device_kinds = schema["properties"]["devices"]["items"]["oneOf"]
+    assert {kind["$ref"] for kind in device_kinds} == {
+        "#/$defs/ModbusDevice",
+        "#/$defs/HostDevice",
+    }
+    assert "soc_temperature" in schema["$defs"]["HostMetric"]["enum"]
 
 
 @given(

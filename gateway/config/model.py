@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import (
+    Discriminator,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError, core_schema
 
-from drivers.catalog import BusConfig, DeviceConfig
-from gateway.config.fields import Duration, Name, Size, StrictModel
+from drivers.catalog import BusConfig, DeviceConfig, device_model_of
+from gateway.config.fields import BusBase, DeviceBase, Duration, Name, Size, StrictModel
 
 
 class GatewaySection(StrictModel):
     id: Name = Field(description="This gateway's id: unique in the fleet, a level of every topic")
+    stop_timeout: Duration = Field(
+        default=10.0,
+        le=3600.0,
+        description=(
+            "On SIGTERM, the gateway ends within this long, everything stored kept; keep it "
+            "shorter than systemd's TimeoutStopSec"
+        ),
+    )
 
 
 class MqttConfig(StrictModel):
@@ -46,6 +63,26 @@ class BufferConfig(StrictModel):
     max_age: Duration = Field(default=30 * 86400.0, description="Oldest reading kept")
 
 
+class _BusChosen(dict[str, Any]):
+    """A device's keys as written, with the model its bus reaches; the discriminator of the
+    device union reads the model from here, since no key of the device names its kind."""
+
+    __slots__ = ("model",)
+
+    def __init__(self, keys: dict[str, Any], model: type[DeviceBase]) -> None:
+        super().__init__(keys)
+        self.model = model
+
+
+def _device_tag(device: Any) -> str | None:
+    # Tags are class names (see drivers.catalog.DeviceConfig).
+    if isinstance(device, _BusChosen):
+        return device.model.__name__
+    if isinstance(device, DeviceBase):
+        return type(device).__name__
+    return None
+
+
 class GatewayConfig(StrictModel):
     """A fieldgate configuration file."""
 
@@ -53,7 +90,46 @@ class GatewayConfig(StrictModel):
     mqtt: MqttConfig
     buffer: BufferConfig = BufferConfig()
     buses: list[BusConfig] = Field(min_length=1)
-    devices: list[DeviceConfig] = Field(min_length=1)
+    devices: list[
+        Annotated[
+            DeviceConfig,
+            Discriminator(
+                _device_tag,
+                custom_error_type="device_not_mapping",
+                custom_error_message="a device is a mapping of keys: name, bus, interval and "
+                "those of its bus's kind",
+            ),
+        ]
+    ] = Field(min_length=1)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _choose_device_models(
+        cls, data: Any, handler: ModelWrapValidatorHandler[GatewayConfig]
+    ) -> GatewayConfig:
+        """Validate each device with the model of the bus it names, chosen from the bus's
+        ``type`` before validating: a typo is then one error of that kind of device, never one
+        per kind. A device whose bus cannot be found gets one line about its ``bus:`` instead."""
+        if not isinstance(data, dict) or not isinstance(data.get("devices"), list):
+            return handler(data)
+        models = _device_models_by_bus(data.get("buses"))
+        devices: list[Any] = []
+        unchosen: dict[int, InitErrorDetails | None] = {}
+        for index, device in enumerate(data["devices"]):
+            if isinstance(device, dict):
+                chosen = _choose(index, device, models)
+                if isinstance(chosen, type):
+                    devices.append(_BusChosen(device, chosen))
+                    continue
+                unchosen[index] = chosen
+            devices.append(device)
+        try:
+            return handler({**data, "devices": devices})
+        except ValidationError as exc:
+            if not unchosen:
+                raise
+            # Each unchosen device failed the union with "no tag": say why instead.
+            raise _replaced(exc, unchosen) from None
 
     def reference_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
         """Mistakes no single field shows: duplicate names and dangling references, each with
@@ -65,13 +141,9 @@ class GatewayConfig(StrictModel):
         for index, device in enumerate(self.devices):
             bus = buses.get(device.bus)
             if bus is None:
-                problems.append(
-                    (
-                        ("devices", index, "bus"),
-                        f"bus {device.bus!r} is not defined; defined buses: "
-                        f"{', '.join(buses)}. Add it under `buses:` or fix the name",
-                    )
-                )
+                # Only a config built in code gets here: a file's device whose bus is not
+                # defined is already refused while validating (see _choose).
+                problems.append((("devices", index, "bus"), _undefined_bus(device.bus, buses)))
             elif not isinstance(device, bus.device_model):
                 problems.append(
                     (
@@ -101,3 +173,87 @@ def _duplicates(section: str, names: list[str]) -> list[tuple[tuple[str | int, .
         else:
             first_index[name] = index
     return problems
+
+
+def _device_models_by_bus(buses: Any) -> dict[str, type[DeviceBase] | None]:
+    """Bus name -> the device model its ``type`` reaches (``None`` when the type is missing or
+    unknown), from the buses as written, which may themselves be wrong."""
+    models: dict[str, type[DeviceBase] | None] = {}
+    for bus in buses if isinstance(buses, list) else []:
+        name: object
+        model: type[DeviceBase] | None
+        if isinstance(bus, BusBase):
+            name, model = bus.name, type(bus).device_model
+        elif isinstance(bus, dict):
+            name, model = bus.get("name"), device_model_of(bus.get("type"))
+        else:
+            continue
+        if isinstance(name, str):
+            # Of two buses with one name the last wins, as in reference_problems, which also
+            # reports the duplicate.
+            models[name] = model
+    return models
+
+
+def _choose(
+    index: int, device: dict[str, Any], models: dict[str, type[DeviceBase] | None]
+) -> type[DeviceBase] | InitErrorDetails | None:
+    """The model for ``device``, or the one error that says why there is none, or ``None``
+    when the error is already another's (a bus with a bad type, no buses at all)."""
+    loc = ("devices", index, "bus")
+    if "bus" not in device:
+        return InitErrorDetails(type="missing", loc=loc, input=device)
+    bus = device["bus"]
+    if not isinstance(bus, str):
+        return InitErrorDetails(type="string_type", loc=loc, input=bus)
+    if bus in models:
+        return models[bus]
+    if not models:
+        return None
+    message = _undefined_bus(bus, models)
+    return InitErrorDetails(
+        type=PydanticCustomError("bus_not_defined", "{message}", {"message": message}),
+        loc=loc,
+        input=bus,
+    )
+
+
+def _undefined_bus(name: str, defined: typing.Iterable[str]) -> str:
+    return (
+        f"bus {name!r} is not defined; defined buses: {', '.join(defined)}. "
+        "Add it under `buses:` or fix the name"
+    )
+
+
+_KNOWN_ERROR_TYPES = frozenset(typing.get_args(core_schema.ErrorType))
+
+
+def _replaced(
+    exc: ValidationError, unchosen: dict[int, InitErrorDetails | None]
+) -> ValidationError:
+    """``exc`` with the union's error for each unchosen device swapped for the reason (or
+    dropped when another error already says it), in place so the file's order is kept."""
+    errors: list[InitErrorDetails] = []
+    for error in exc.errors():
+        loc = error["loc"]
+        if len(loc) == 2 and loc[0] == "devices" and isinstance(loc[1], int) and loc[1] in unchosen:
+            reason = unchosen[loc[1]]
+            if reason is not None:
+                errors.append(reason)
+        else:
+            errors.append(_init_details(error))
+    return ValidationError.from_exception_data(exc.title, errors)
+
+
+def _init_details(error: ErrorDetails) -> InitErrorDetails:
+    """An error as it was raised, to raise it again among others."""
+    kind = error["type"]
+    if kind not in _KNOWN_ERROR_TYPES:
+        # A custom error's message is already formatted; without a context it stays as it is.
+        return InitErrorDetails(
+            type=PydanticCustomError(kind, error["msg"]), loc=error["loc"], input=error["input"]
+        )
+    details = InitErrorDetails(type=kind, loc=error["loc"], input=error["input"])
+    if "ctx" in error:
+        details["ctx"] = error["ctx"]
+    return details

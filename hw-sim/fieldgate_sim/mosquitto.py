@@ -10,6 +10,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -25,6 +26,15 @@ def find_mosquitto() -> str:
     return found
 
 
+def find_mosquitto_passwd() -> str:
+    found = shutil.which("mosquitto_passwd") or shutil.which(
+        "mosquitto_passwd", path="/usr/bin:/usr/sbin:/usr/local/bin"
+    )
+    if found is None:
+        raise FileNotFoundError("mosquitto_passwd is not installed: apt-get install mosquitto")
+    return found
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -34,11 +44,19 @@ def free_port() -> int:
 
 class MosquittoBroker:
     """``with MosquittoBroker() as broker:`` a broker on ``broker.port``; ``stop()`` and
-    ``start()`` again on the same port simulate an outage."""
+    ``start()`` again on the same port simulate an outage.
 
-    def __init__(self, port: int | None = None) -> None:
+    With ``users`` (name -> password) only those users may connect (``allow_anonymous false``).
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        users: Mapping[str, str] | None = None,
+    ) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
+        self._users = dict(users or {})
         self._dir = Path(tempfile.mkdtemp(prefix="fieldgate-mosquitto-"))
         # Run as root, mosquitto drops to its own user, which must read the config and write
         # its persistence file here.
@@ -50,14 +68,13 @@ class MosquittoBroker:
         config = self._dir / "mosquitto.conf"
         config.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
             # Persistence, so that a stop/start outage keeps subscribers' sessions and queues.
             "persistence true\n"
             f"persistence_location {self._dir}/\n"
             "log_dest stdout\n"
             # The default per-client queue (1000) drops QoS 1 messages in bulk tests.
             "max_queued_messages 0\n"
-            "max_inflight_messages 0\n"
+            "max_inflight_messages 0\n" + self._access_config()
         )
         config.chmod(0o644)
         with self.log_path.open("ab") as log:
@@ -82,6 +99,22 @@ class MosquittoBroker:
             time.sleep(0.01)
         self.stop()
         raise RuntimeError(f"mosquitto did not listen on port {self.port} within {timeout}s")
+
+    def _access_config(self) -> str:
+        if not self._users:
+            return "allow_anonymous true\n"
+        passwords = self._dir / "passwords"
+        passwords.unlink(missing_ok=True)
+        for name, password in self._users.items():
+            create = [] if passwords.exists() else ["-c"]
+            subprocess.run(  # noqa: S603 - our own binary and arguments
+                [find_mosquitto_passwd(), *create, "-b", str(passwords), name, password],
+                check=True,
+                capture_output=True,
+            )
+        # Readable by the mosquitto user that a broker started as root drops to.
+        passwords.chmod(0o644)
+        return f"allow_anonymous false\npassword_file {passwords}\n"
 
     def stop(self) -> None:
         process, self._process = self._process, None

@@ -1,0 +1,241 @@
+"""The forwarder: buffered readings to the broker, oldest first, each deleted from the buffer
+only after the broker's PUBACK (QoS 1).
+
+It connects with the dialect's will, publishes the dialect's birth, then pumps: up to
+``max_inflight`` readings unacknowledged, acknowledged ones deleted in batches. After a
+disconnect it reconnects with capped, jittered backoff (a new session each time) and resends
+from the oldest reading still in the buffer, so order holds and a duplicate (at least once)
+carries the same ``seq``.
+
+Nothing that goes wrong here ends the task, only cancellation does: the broker's failures are
+reported through the uplink's health, the buffer's through the buffer's health (a full or
+read-only disk, a locked file, a row that no longer decodes), both once per outage, and are
+retried with backoff, as the pollers retry their devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TypeVar
+
+from gateway.backoff import Backoff
+from gateway.buffer import Buffer
+from gateway.clock import Clock
+from gateway.config.model import MqttConfig
+from gateway.errors import StorageError, UplinkError
+from gateway.health import PartHealth
+from gateway.upstream.dialect import Dialect
+from gateway.upstream.messages import OutgoingMessage
+from gateway.upstream.session import MqttSession
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+#: Acknowledged readings are deleted in batches: one commit per batch, not per message.
+_DELETE_BATCH = 200
+#: How long the pump waits for an acknowledgement or a new reading before it looks again.
+_IDLE_WAIT = 1.0
+
+
+class Forwarder:
+    """Owns the broker connection and the pump; run it with :meth:`run` in a task."""
+
+    def __init__(  # noqa: PLR0917 - the parts it joins, in the order the service has them
+        self,
+        config: MqttConfig,
+        dialect: Dialect,
+        buffer: Buffer,
+        clock: Clock,
+        uplink_health: PartHealth,
+        buffer_health: PartHealth,
+        *,
+        gateway_id: str,
+    ) -> None:
+        """``gateway_id`` names the client (``fieldgate-<gateway id>``) unless the config sets
+        ``client_id``; the dialect has the wire's own copy."""
+        self._config = config
+        self._dialect = dialect
+        self._buffer = buffer
+        self._clock = clock
+        self._uplink_health = uplink_health
+        self._buffer_health = buffer_health
+        self._client_id = config.client_id or f"fieldgate-{gateway_id}"
+        self._connect_backoff = Backoff(base=1.0, cap=config.reconnect_max)
+        self._storage_backoff = Backoff(base=0.5, cap=config.reconnect_max)
+        self._session: MqttSession | None = None
+        #: Acknowledged by the broker, not yet deleted. Kept across sessions (and across failing
+        #: deletes): what the broker has must not be sent again after a reconnect.
+        self._acked: list[int] = []
+        #: An unexpected error (a bug) was logged with its traceback and has not cleared yet.
+        self._fault: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self._config.host}:{self._config.port}"
+
+    async def run(self) -> None:
+        """Connect, forward, and reconnect with backoff, until cancelled."""
+        try:
+            while True:
+                await self._connect_and_forward()
+                delay = self._connect_backoff.failed(self._clock.monotonic())
+                await self._clock.sleep(delay)
+        except asyncio.CancelledError:
+            await self._delete_acked_once()
+            raise
+
+    async def say_goodbye(self, timeout: float) -> None:
+        """Publish the dialect's goodbye and wait for its PUBACK, at most ``timeout`` seconds
+        (the broker does not send the will after a clean DISCONNECT). Nothing happens when
+        there is no connection; a goodbye that fails is only logged at debug level: the will
+        says the same thing if the connection drops instead."""
+        session = self._session
+        if session is None:
+            return
+        goodbye = self._dialect.goodbye()
+        try:
+            await session.publish_and_wait(
+                goodbye.topic, goodbye.payload, goodbye.qos, goodbye.retain, timeout=timeout
+            )
+        except UplinkError as exc:
+            log.debug("could not say goodbye on %s: %s", goodbye.topic, exc)
+
+    async def _connect_and_forward(self) -> None:
+        """One session, from connect to its end; returns when it ended, for whatever reason."""
+        try:
+            async with MqttSession(
+                self._config.host,
+                self._config.port,
+                self._config.keepalive,
+                self._client_id,
+                will=self._dialect.will(),
+                # Room for the birth and the goodbye beside a full window of readings.
+                max_inflight=self._config.max_inflight + 1,
+            ) as session:
+                self._session = session
+                self._connected()
+                await self._forward(session)
+        except UplinkError as exc:
+            self._disconnected(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug costs a reconnect, not the process
+            self._faulted(exc)
+        finally:
+            self._session = None
+
+    def _connected(self) -> None:
+        if self._fault is None:
+            # After a fault, reconnecting is no success yet: the backoff keeps growing until
+            # readings are delivered again, so a bug does not reconnect every second.
+            self._connect_backoff.succeeded()
+        if self._uplink_health.up is False:
+            log.info("broker %s is reachable again; forwarding resumes", self.where)
+        self._uplink_health.recovered()
+
+    def _disconnected(self, exc: UplinkError) -> None:
+        if self._uplink_health.up is not False:
+            # The health line below carries the reason; this one says what the forwarder does.
+            log.info(
+                "broker %s unavailable; reconnecting with backoff (at most %g s apart)",
+                self.where,
+                self._config.reconnect_max,
+            )
+        self._uplink_health.failed(str(exc))
+
+    def _faulted(self, exc: Exception) -> None:
+        text = f"{type(exc).__name__}: {exc}"
+        if self._fault is None:
+            log.error(
+                "the forwarder failed unexpectedly (a bug; it reconnects with backoff and "
+                "retries; logged once until readings are delivered again)",
+                exc_info=exc,
+            )
+        self._fault = text
+
+    async def _forward(self, session: MqttSession) -> None:
+        self._publish(session, self._dialect.birth())
+        # Rows acknowledged on an earlier connection go first, or they would be read again.
+        await self._delete_acked()
+        inflight: dict[int, int] = {}  # message id -> sequence number
+        after_seq = 0
+        while True:
+            # Acknowledgements first: each one is room for another reading.
+            self._collect_acks(session, inflight)
+            room = self._config.max_inflight - len(inflight)
+            batch = (
+                await self._storage("read", partial(self._buffer.oldest, after_seq, room))
+                if room > 0
+                else []
+            )
+            for buffered in batch:
+                inflight[self._publish(session, self._dialect.reading(buffered))] = buffered.seq
+                after_seq = buffered.seq
+            if self._acked and (len(self._acked) >= _DELETE_BATCH or not batch):
+                await self._delete_acked()
+            if batch:
+                continue
+            if inflight:
+                await session.wait_for_acks(timeout=_IDLE_WAIT)
+            else:
+                await self._buffer.wait_appended(timeout=_IDLE_WAIT)
+            session.raise_if_lost()
+
+    @staticmethod
+    def _publish(session: MqttSession, message: OutgoingMessage) -> int:
+        return session.publish(message.topic, message.payload, message.qos, message.retain)
+
+    def _collect_acks(self, session: MqttSession, inflight: dict[int, int]) -> None:
+        for mid in session.take_acknowledged():
+            seq = inflight.pop(mid, None)  # None: the birth's or the goodbye's
+            if seq is not None:
+                self._acked.append(seq)
+
+    async def _delete_acked(self) -> None:
+        """Delete what the broker acknowledged, retrying until the buffer takes it. Nothing new
+        is published meanwhile, so however long the buffer fails, what waits in memory stays
+        below a delete batch plus a window."""
+        if not self._acked:
+            return
+        acked = list(self._acked)
+        await self._storage("delete", partial(self._buffer.delete, acked))
+        del self._acked[: len(acked)]
+        if self._fault is not None:
+            log.info("the forwarder delivers again after %s", self._fault)
+            self._fault = None
+            self._connect_backoff.succeeded()
+
+    async def _delete_acked_once(self) -> None:
+        """On cancellation: one try, so a restart resends as little as possible."""
+        if not self._acked:
+            return
+        try:
+            await self._buffer.delete(list(self._acked))
+        except Exception as exc:  # noqa: BLE001 - shutting down; the rows are only resent
+            log.debug("acknowledged readings not deleted on shutdown: %s", exc)
+        else:
+            self._acked.clear()
+
+    async def _storage(self, what: str, operation: Callable[[], Awaitable[_T]]) -> _T:
+        """Run a buffer operation until it succeeds. A failure is reported through the
+        buffer's health (logged once per outage) and retried with backoff; the session stays
+        up meanwhile (paho keeps it alive from the event loop, and acknowledgements wait in
+        it)."""
+        while True:
+            try:
+                result = await operation()
+            except StorageError as exc:
+                self._buffer_health.failed(f"cannot {what} buffered readings: {exc}")
+            except Exception as exc:  # a storage bug must not end forwarding either
+                if self._buffer_health.up is not False:
+                    log.exception("unexpected error from the buffer (a bug)")
+                self._buffer_health.failed(
+                    f"cannot {what} buffered readings: unexpected {type(exc).__name__}: {exc}"
+                )
+            else:
+                self._storage_backoff.succeeded()
+                self._buffer_health.recovered()
+                return result
+            await self._clock.sleep(self._storage_backoff.failed(self._clock.monotonic()))

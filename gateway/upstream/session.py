@@ -1,0 +1,479 @@
+"""One MQTT connection, driven by the event loop: publish and acknowledgements, subscriptions and
+the messages they bring. It knows nothing of the buffer or of what topics mean; reconnecting is
+the caller's business (as aiomqtt leaves it), because each connection is a new session.
+
+paho-mqtt is driven from the event loop, the way aiomqtt does it: its socket is watched with
+``add_reader``/``add_writer`` and ``loop_misc`` runs in a task, so every paho callback runs on
+the loop's thread and no lock is needed. Each connection is a new paho client with a clean
+session: after a disconnect paho resends nothing; the caller resends what it still holds.
+
+Only paho's blocking connect (name resolution and the TCP handshake) runs off the loop, on a
+daemon thread of its own, never in the loop's default executor: ``asyncio.run()`` joins that
+executor on shutdown, so a connect to a broker that silently drops SYNs would hold shutdown for
+the whole connect timeout. A cancelled connect is abandoned at once; the thread closes whatever
+socket it still opens, before a CONNECT was ever sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from collections.abc import AsyncGenerator
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway.errors import BrokerRefused, BrokerUnavailable, SubscriptionRefused
+from gateway.upstream.messages import IncomingMessage, OutgoingMessage
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+#: How long to wait for CONNACK, and for SUBACK, once the TCP connection is up.
+_ANSWER_TIMEOUT = 10.0
+#: CONNACK reasons (as paho names them, MQTT 5 style even for 3.1.1) that mean "not now"
+#: rather than "no": the broker is there but cannot take us yet.
+_TRANSIENT_REFUSALS = {"Server unavailable", "Server busy", "Quota exceeded"}
+
+
+class MqttSession:
+    """``async with MqttSession(...) as session:`` one connection, made on enter (CONNACK
+    received) and closed on exit with a DISCONNECT, so the broker does not publish the will.
+
+    Raises :class:`BrokerUnavailable` when the broker cannot be reached, does not answer or
+    drops the connection, and :class:`BrokerRefused` when it refuses the connection. Create it
+    and use it on one event loop; a session is used once.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        keepalive: float,
+        client_id: str,
+        *,
+        will: OutgoingMessage | None = None,
+        max_inflight: int = 20,
+        username: str | None = None,
+        password: str | None = None,
+        connect_timeout: float = 10.0,
+        incoming_limit: int = 1000,
+    ) -> None:
+        self._host = host
+        self._port = port
+        # paho takes whole seconds; 0 would switch keepalive off.
+        self._keepalive = max(1, round(keepalive))
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=True,
+            protocol=mqtt.MQTTv311,
+            # Otherwise paho answers some CONNACK refusals by reconnecting itself, with a
+            # blocking connect on the loop's thread.
+            reconnect_on_failure=False,
+        )
+        client.connect_timeout = connect_timeout
+        if will is not None:
+            client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        if username is not None:
+            client.username_pw_set(username, password)
+        client.max_inflight_messages_set(max_inflight)
+        client.max_queued_messages_set(0)  # no limit: the caller bounds what it sends
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_socket_register_write
+        client.on_socket_unregister_write = self._on_socket_unregister_write
+        self._client = client
+        self._entered = False
+        self._closed = False
+        #: True while the connect thread owns the client; the loop must not touch it then.
+        self._client_on_thread = False
+        self._connack: asyncio.Future[ReasonCode | None] = self._loop.create_future()
+        self._lost = asyncio.Event()
+        self._acknowledged: list[int] = []
+        self._ack_arrived = asyncio.Event()
+        self._awaited: dict[int, asyncio.Future[None]] = {}  # mid -> publish_and_wait's future
+        self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
+        self._incoming: asyncio.Queue[IncomingMessage] = asyncio.Queue(maxsize=incoming_limit)
+        #: Incoming messages dropped because the queue was full (the consumer fell behind).
+        self.dropped_messages = 0
+        self._misc_task: asyncio.Task[None] | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self._host}:{self._port}"
+
+    async def __aenter__(self) -> Self:
+        if self._entered:
+            raise RuntimeError("an MqttSession is used once; make a new one to reconnect")
+        self._entered = True
+        try:
+            await self._connect()
+        except BaseException:
+            await self._close()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._close()
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
+        """Queue a message; returns its message id, which :meth:`take_acknowledged` reports
+        once the broker acknowledged it (PUBACK for QoS 1, sent for QoS 0)."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise BrokerUnavailable(f"publish failed: {mqtt.error_string(info.rc)}")
+        return info.mid
+
+    def take_acknowledged(self) -> list[int]:
+        """Message ids acknowledged since the last call (those of :meth:`publish_and_wait`
+        included)."""
+        taken, self._acknowledged = self._acknowledged, []
+        self._ack_arrived.clear()
+        return taken
+
+    async def wait_for_acks(self, timeout: float) -> None:
+        """Return when an acknowledgement is waiting to be taken, or after ``timeout``; raise
+        :class:`BrokerUnavailable` if the connection is lost."""
+        if not self._acknowledged:
+            await self._first_of(self._ack_arrived, timeout)
+        self.raise_if_lost()
+
+    async def publish_and_wait(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, *, timeout: float
+    ) -> int:
+        """Publish and wait for the acknowledgement; raises :class:`BrokerUnavailable` if it
+        does not come within ``timeout`` or the connection is lost."""
+        acknowledged: asyncio.Future[None] = self._loop.create_future()
+        mid = self.publish(topic, payload, qos=qos, retain=retain)
+        self._awaited[mid] = acknowledged
+        try:
+            await self._answer(acknowledged, timeout, f"no acknowledgement for {topic}")
+        finally:
+            self._awaited.pop(mid, None)
+        return mid
+
+    def raise_if_lost(self) -> None:
+        if self._lost.is_set():
+            raise BrokerUnavailable(f"connection to {self.where} lost")
+
+    # -- subscribing --------------------------------------------------------------------------
+
+    async def subscribe(self, topic: str, qos: int = 1) -> int:
+        """Subscribe and wait for SUBACK; returns the QoS the broker granted. Raises
+        :class:`SubscriptionRefused` if the broker refuses (its ACL), :class:`BrokerUnavailable`
+        if it does not answer or the connection is lost."""
+        result, mid = self._client.subscribe(topic, qos=qos)
+        if result != mqtt.MQTT_ERR_SUCCESS or mid is None:
+            raise BrokerUnavailable(f"subscribe failed: {mqtt.error_string(result)}")
+        answered: asyncio.Future[list[ReasonCode]] = self._loop.create_future()
+        self._subacks[mid] = answered
+        try:
+            codes = await self._answer(answered, _ANSWER_TIMEOUT, f"no SUBACK for {topic}")
+        finally:
+            self._subacks.pop(mid, None)
+        code = codes[0]
+        if code.is_failure:
+            raise SubscriptionRefused(
+                f"the broker {self.where} refused the subscription to {topic!r}: {code}; check "
+                "the broker's ACL for this client's user",
+                reason=str(code),
+            )
+        return int(code.value)
+
+    async def messages(self) -> AsyncGenerator[IncomingMessage, None]:
+        """The messages of every subscription, in arrival order. Messages received before the
+        connection was lost are still yielded; then :class:`BrokerUnavailable` is raised. The
+        iteration ends when the session is closed.
+
+        The queue behind it holds ``incoming_limit`` messages. When the consumer falls that far
+        behind, further messages are dropped and counted in :attr:`dropped_messages` (logged
+        once per session): they were already acknowledged to the broker, so this is a loss, but
+        it keeps a stalled consumer from stalling the PUBACKs the forwarder waits for.
+        """
+        while True:
+            try:
+                yield self._incoming.get_nowait()
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            if self._closed:
+                return
+            self.raise_if_lost()
+            getter = asyncio.ensure_future(self._incoming.get())
+            try:
+                await self._first_of(getter, timeout=None)
+            finally:
+                # A getter cancelled after it was woken leaves its message in the queue.
+                getter.cancel()
+            if getter.done() and not getter.cancelled():
+                yield getter.result()
+
+    # -- connecting and closing ---------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        attempt = _ConnectThread(self._loop, self._client, self._host, self._port, self._keepalive)
+        self._client_on_thread = True
+        attempt.start()
+        try:
+            await attempt.result
+        except BaseException:
+            # Cancelled while connecting: the thread keeps the client and closes its socket.
+            # Failed, or cancelled just after the outcome arrived: the client is ours to close.
+            self._client_on_thread = attempt.abandon()
+            raise
+        self._client_on_thread = False
+        # The connect thread's socket callbacks were ignored: the loop starts watching now.
+        self._watch_after_connect()
+        self._misc_task = asyncio.create_task(self._misc_loop(), name=f"mqtt-misc {self.where}")
+        reason = await self._answer(self._connack, _ANSWER_TIMEOUT, "no CONNACK")
+        if reason is None:
+            raise BrokerUnavailable(f"{self.where} closed the connection before CONNACK")
+        if reason.is_failure:
+            raise self._refusal(str(reason))
+
+    def _refusal(self, reason: str) -> BrokerUnavailable | BrokerRefused:
+        if reason in _TRANSIENT_REFUSALS:
+            return BrokerUnavailable(f"{self.where} refused the connection for now: {reason}")
+        hint = {
+            "Bad user name or password": "check the username and password",
+            "Not authorized": "check the username and password and the broker's ACL",
+            "Client identifier not valid": "check mqtt.client_id",
+            "Unsupported protocol version": "the broker must accept MQTT 3.1.1",
+        }.get(reason, "check the broker's log")
+        return BrokerRefused(
+            f"the broker {self.where} refused the connection: {reason}; {hint}", reason=reason
+        )
+
+    async def _close(self) -> None:
+        self._closed = True
+        if self._misc_task is not None:
+            self._misc_task.cancel()
+            # Collects the task's own cancellation; still raises if *we* are being cancelled.
+            await asyncio.gather(self._misc_task, return_exceptions=True)
+        if self._client_on_thread:
+            return  # the connect thread owns the client and closes its socket itself
+        self._client.disconnect()
+        self._client.loop_write()  # sends the DISCONNECT now; paho then closes the socket
+        self._drop_socket_watchers()
+        self._lost.set()
+
+    async def _misc_loop(self) -> None:
+        # paho's keepalive pings and timeouts need a tick; there is no event to wait for.
+        # Ticks well inside the keepalive, so a ping is never late.
+        tick = min(1.0, self._keepalive / 4)
+        while self._client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:  # noqa: ASYNC110
+            await asyncio.sleep(tick)
+        self._connection_lost()
+
+    # -- waiting ------------------------------------------------------------------------------
+
+    async def _first_of(
+        self, awaited: asyncio.Event | asyncio.Future[Any], timeout: float | None
+    ) -> None:
+        """Wait for ``awaited`` or the loss of the connection, whichever comes first, at most
+        ``timeout`` seconds."""
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._lost.wait())]
+        if isinstance(awaited, asyncio.Event):
+            waiters.append(asyncio.ensure_future(awaited.wait()))
+        else:
+            waiters.append(awaited)
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiters[0].cancel()
+            if isinstance(awaited, asyncio.Event):
+                waiters[1].cancel()
+
+    async def _answer(self, answer: asyncio.Future[_T], timeout: float, missing: str) -> _T:
+        """The broker's answer, or :class:`BrokerUnavailable` naming what is ``missing``."""
+        await self._first_of(answer, timeout)
+        if answer.done():
+            return answer.result()
+        answer.cancel()
+        self.raise_if_lost()
+        raise BrokerUnavailable(f"{missing} from {self.where} within {timeout:g} s")
+
+    # -- paho callbacks: all on the loop's thread (the socket ones may also come from the
+    # -- connect thread, and are ignored there)
+
+    def _on_connect(self, _c: Any, _u: Any, _flags: Any, reason: ReasonCode, _p: Any) -> None:
+        if not self._connack.done():
+            self._connack.set_result(reason)
+
+    def _on_disconnect(self, _c: Any, _u: Any, _flags: Any, _reason: Any, _p: Any) -> None:
+        self._connection_lost()
+
+    def _connection_lost(self) -> None:
+        self._lost.set()
+        if not self._connack.done():
+            self._connack.set_result(None)
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, _reason: Any, _p: Any) -> None:
+        self._acknowledged.append(mid)
+        self._ack_arrived.set()
+        awaited = self._awaited.pop(mid, None)
+        if awaited is not None and not awaited.done():
+            awaited.set_result(None)
+
+    def _on_subscribe(self, _c: Any, _u: Any, mid: int, codes: list[ReasonCode], _p: Any) -> None:
+        answered = self._subacks.pop(mid, None)
+        if answered is not None and not answered.done():
+            answered.set_result(codes)
+
+    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        incoming = IncomingMessage(
+            message.topic, bytes(message.payload), int(message.qos), bool(message.retain)
+        )
+        try:
+            self._incoming.put_nowait(incoming)
+        except asyncio.QueueFull:
+            if self.dropped_messages == 0:
+                log.warning(
+                    "incoming messages from %s are dropped: %d wait unread (logged once per "
+                    "connection; the count is in dropped_messages)",
+                    self.where,
+                    self._incoming.maxsize,
+                )
+            self.dropped_messages += 1
+
+    def _on_socket_open(self, client: Any, _u: Any, sock: Any) -> None:
+        if self._on_loop_thread():
+            self._loop.add_reader(sock, client.loop_read)
+
+    def _on_socket_close(self, _c: Any, _u: Any, sock: Any) -> None:
+        if self._on_loop_thread():
+            self._unwatch(sock)
+
+    def _on_socket_register_write(self, client: Any, _u: Any, sock: Any) -> None:
+        if self._on_loop_thread():
+            self._loop.add_writer(sock, client.loop_write)
+
+    def _on_socket_unregister_write(self, _c: Any, _u: Any, sock: Any) -> None:
+        if self._on_loop_thread():
+            self._loop.remove_writer(sock)
+
+    def _on_loop_thread(self) -> bool:
+        return threading.get_ident() == self._loop_thread
+
+    def _watch_after_connect(self) -> None:
+        sock = self._client.socket()
+        if not isinstance(sock, socket.socket) or sock.fileno() < 0:
+            raise BrokerUnavailable(f"{self.where}: the connection closed while it was made")
+        self._loop.add_reader(sock, self._client.loop_read)
+        # The CONNECT packet is queued, not sent: paho leaves writing to us once a
+        # register-write callback is set.
+        if self._client.want_write():
+            self._loop.add_writer(sock, self._client.loop_write)
+
+    def _unwatch(self, sock: Any) -> None:
+        if sock.fileno() >= 0:
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+
+    def _drop_socket_watchers(self) -> None:
+        sock = self._client.socket()
+        if isinstance(sock, socket.socket):
+            self._unwatch(sock)
+
+
+class _ConnectThread:
+    """paho's blocking ``connect()`` on a daemon thread, its outcome delivered to a future on
+    the loop.
+
+    Ownership of the client is handed over exactly once: to the loop, if the outcome arrives
+    while someone still waits for it; otherwise (the wait was cancelled, or the loop is gone)
+    the thread keeps it and closes the socket it opened. paho only queues the CONNECT packet
+    during ``connect()`` (writing is left to the loop), so an abandoned socket is closed before
+    the broker ever saw a CONNECT: no session, no will.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        client: mqtt.Client,
+        host: str,
+        port: int,
+        keepalive: int,
+    ) -> None:
+        self._loop = loop
+        self._client = client
+        self._host = host
+        self._port = port
+        self._keepalive = keepalive
+        self._lock = threading.Lock()
+        self.abandoned = False
+        self.result: asyncio.Future[None] = loop.create_future()
+        self._thread = threading.Thread(
+            target=self._run, name=f"mqtt-connect {host}:{port}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def abandon(self) -> bool:
+        """Stop waiting (on the loop's thread). Returns True if the thread now owns the client,
+        False if the outcome had already been delivered and the client is the caller's."""
+        with self._lock:
+            if self.result.done() and not self.result.cancelled():
+                return False
+            self.abandoned = True
+        self.result.cancel()
+        return True
+
+    def _run(self) -> None:
+        error: BaseException | None = None
+        try:
+            rc = self._client.connect(self._host, self._port, self._keepalive)
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                error = BrokerUnavailable(
+                    f"cannot connect to {self._host}:{self._port}: {mqtt.error_string(rc)}"
+                )
+        except OSError as exc:  # refused, unreachable, timed out, name not resolved
+            error = BrokerUnavailable(f"cannot connect to {self._host}:{self._port}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - handed to the loop, which raises it
+            error = exc
+        with self._lock:
+            if not self.abandoned:
+                try:
+                    self._loop.call_soon_threadsafe(self._deliver, error)
+                except RuntimeError:  # the loop is closed: nobody will take the connection
+                    self.abandoned = True
+                else:
+                    return
+        self._discard()
+
+    def _deliver(self, error: BaseException | None) -> None:
+        # On the loop's thread, as abandon() is, so the two cannot interleave.
+        if self.result.done():  # cancelled: nobody waits any more
+            self.abandoned = True
+            self._discard()
+        elif error is None:
+            self.result.set_result(None)
+        else:
+            self.result.set_exception(error)
+
+    def _discard(self) -> None:
+        sock = self._client.socket()
+        if sock is not None:
+            sock.close()

@@ -1,0 +1,145 @@
+"""The JSON dialect, pure: topics, the exact bytes of a reading, timestamps, and the status
+messages, checked against docs/payload.schema.json without a broker."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jsonschema
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.readings import BufferedReading, PointValue, Quality, Reading
+from gateway.upstream.dialect import Dialect, OutgoingMessage
+from gateway.upstream.json_dialect import JsonDialect, iso_utc_ms
+from tests.harness import REPO
+
+SCHEMA = json.loads((REPO / "docs" / "payload.schema.json").read_text())
+VALIDATOR = jsonschema.Draft202012Validator(
+    SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+)
+#: The largest epoch milliseconds with a four-digit year, as the schema's pattern wants.
+LAST_MS_OF_9999 = 253402300799999
+
+dialect = JsonDialect("site/a", "gw-1")
+
+
+def test_json_dialect_is_a_dialect():
+    chosen: Dialect = dialect
+    assert chosen.birth().topic == "site/a/gw-1/status"
+
+
+def test_partial_reading_is_these_exact_bytes():
+    buffered = BufferedReading(
+        42,
+        Reading(
+            "m1",
+            1764072000123,
+            (
+                PointValue("voltage_l1", 231.5, "V"),
+                PointValue("import_energy", None, "kWh"),
+                PointValue("count", 7, None),
+            ),
+            Quality.PARTIAL,
+        ),
+    )
+    message = dialect.reading(buffered)
+    assert message == OutgoingMessage(
+        "site/a/gw-1/devices/m1/reading",
+        b'{"gateway":"gw-1","device":"m1","seq":42,"ts":"2025-11-25T12:00:00.123Z",'
+        b'"quality":"partial","values":{"voltage_l1":{"value":231.5,"unit":"V"},'
+        b'"import_energy":{"value":null,"unit":"kWh"},"count":{"value":7,"unit":null}}}',
+        retain=False,
+        qos=1,
+    )
+    VALIDATOR.validate(json.loads(message.payload))
+
+
+def test_good_reading_without_points_is_valid():
+    message = dialect.reading(BufferedReading(1, Reading("m2", 0, ())))
+    assert message.topic == "site/a/gw-1/devices/m2/reading"
+    document = json.loads(message.payload)
+    assert document["quality"] == "good"
+    assert document["ts"] == "1970-01-01T00:00:00.000Z"
+    VALIDATOR.validate(document)
+
+
+def test_status_messages_are_retained_qos1():
+    will, birth, goodbye = dialect.will(), dialect.birth(), dialect.goodbye()
+    assert {will.topic, birth.topic, goodbye.topic} == {"site/a/gw-1/status"}
+    assert (will.payload, birth.payload, goodbye.payload) == (b"offline", b"online", b"offline")
+    assert all(m.retain and m.qos == 1 for m in (will, birth, goodbye))
+
+
+def test_non_finite_values_are_refused_not_sent():
+    # reading_from_values makes NaN null before a reading is stored; a NaN that got past it is
+    # a bug, and must not become invalid JSON on the wire.
+    buffered = BufferedReading(1, Reading("m1", 0, (PointValue("v", float("nan"), "V"),)))
+    with pytest.raises(ValueError, match="JSON"):
+        dialect.reading(buffered)
+
+
+@pytest.mark.parametrize(
+    ("epoch_ms", "text"),
+    [
+        (0, "1970-01-01T00:00:00.000Z"),
+        (999, "1970-01-01T00:00:00.999Z"),
+        (1000, "1970-01-01T00:00:01.000Z"),
+        (1764072000123, "2025-11-25T12:00:00.123Z"),
+        (LAST_MS_OF_9999, "9999-12-31T23:59:59.999Z"),
+    ],
+)
+def test_iso_utc_ms_known_values(epoch_ms: int, text: str):
+    assert iso_utc_ms(epoch_ms) == text
+
+
+@given(st.integers(min_value=0, max_value=LAST_MS_OF_9999))
+def test_iso_utc_ms_round_trips_to_the_millisecond(epoch_ms: int):
+    text = iso_utc_ms(epoch_ms)
+    assert len(text) == 24
+    parsed = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert (parsed - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1) == epoch_ms
+
+
+names = st.text(min_size=1, max_size=12)
+values = st.one_of(
+    st.none(),
+    st.integers(min_value=-(2**63), max_value=2**64),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+readings = st.builds(
+    BufferedReading,
+    st.integers(min_value=1, max_value=2**63 - 1),
+    st.builds(
+        Reading,
+        names,
+        st.integers(min_value=0, max_value=LAST_MS_OF_9999),
+        st.lists(
+            st.builds(PointValue, names, values, st.none() | names),
+            unique_by=lambda p: p.name,
+            max_size=6,
+        ).map(tuple),
+        st.sampled_from(Quality),
+    ),
+)
+
+
+@given(readings)
+def test_every_reading_matches_the_schema_and_decodes_back(buffered: BufferedReading):
+    message = dialect.reading(buffered)
+    document: dict[str, Any] = json.loads(message.payload)
+    VALIDATOR.validate(document)
+    reading = buffered.reading
+    assert message.topic == f"site/a/gw-1/devices/{reading.device}/reading"
+    assert (document["gateway"], document["device"], document["seq"]) == (
+        "gw-1",
+        reading.device,
+        buffered.seq,
+    )
+    assert document["quality"] == reading.quality.value
+    assert document["values"] == {
+        p.name: {"value": p.value, "unit": p.unit} for p in reading.values
+    }

@@ -1,0 +1,158 @@
+"""The service in-process, with drivers of the test's own behind the real seam, a real buffer and
+a real broker: a streaming driver's readings take the same way as polled ones, and a driver's
+bug costs its device (or its stream) and nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import pytest
+from fieldgate_sim.fleet import FleetSubscriber
+from fieldgate_sim.mosquitto import MosquittoBroker
+
+from gateway.clock import Clock, SystemClock, epoch_ms
+from gateway.config.loader import parse_config
+from gateway.config.model import GatewayConfig
+from gateway.driver import BusDriverFactory, PolledDevice, ReadingSink
+from gateway.health import HealthRegistry
+from gateway.readings import PointValue, Reading
+from gateway.service import run_gateway
+from gateway.shutdown import ShutdownRequest
+from tests.harness import reading_seqs
+
+
+def config(broker_port: int, buffer: Path) -> GatewayConfig:
+    return parse_config(
+        f"""\
+gateway: {{id: gw-service, stop_timeout: 5s}}
+mqtt: {{host: 127.0.0.1, port: {broker_port}, reconnect_max: 1s}}
+buffer: {{path: {buffer}}}
+buses:
+  - {{name: radio, type: host}}
+  - {{name: box, type: host}}
+devices:
+  - {{name: buggy, bus: box, interval: 100ms}}
+  - {{name: steady, bus: box, interval: 100ms}}
+"""
+    )
+
+
+class Polled:
+    """A polled device; ``buggy`` raises something that is not a DeviceError on every poll."""
+
+    def __init__(self, name: str, clock: Clock, buggy: bool) -> None:
+        self._name, self._clock, self._buggy = name, clock, buggy
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    async def read(self) -> Reading:
+        if self._buggy:
+            raise KeyError("a bug in the driver")
+        return Reading(self._name, epoch_ms(self._clock), (PointValue("v", 1.5, "V"),))
+
+
+class OwnBus:
+    """A bus of the test's own; the ``radio`` one also streams: five readings a run, and its
+    first run ends in a bug."""
+
+    def __init__(self, name: str, devices: Sequence[Any], clock: Clock) -> None:
+        self._name, self._clock = name, clock
+        self._devices = [Polled(d.name, clock, buggy=d.name == "buggy") for d in devices]
+        self.runs = 0
+
+    @property
+    def devices(self) -> Sequence[PolledDevice]:
+        return self._devices
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+
+class StreamingOwnBus(OwnBus):
+    async def stream(self, sink: ReadingSink) -> None:
+        self.runs += 1
+        for count in range(5):
+            reading = Reading("pushed", epoch_ms(self._clock), (PointValue("n", count),))
+            await sink.submit(reading)
+        if self.runs == 1:
+            raise ZeroDivisionError("a bug in the stream")
+        await asyncio.Event().wait()  # an advert-driven stream idles until cancelled
+
+
+def drivers_of_this_test(buses: dict[str, OwnBus]) -> Any:
+    def factory(bus_config: Any, devices: Sequence[Any], clock: Clock) -> OwnBus:
+        kind = StreamingOwnBus if bus_config.name == "radio" else OwnBus
+        buses[bus_config.name] = kind(bus_config.name, devices, clock)
+        return buses[bus_config.name]
+
+    def lookup(_bus_type: str) -> BusDriverFactory:
+        return factory
+
+    return lookup
+
+
+async def test_streams_and_polls_share_the_sink_and_a_bug_costs_only_its_part(
+    broker: MosquittoBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.INFO)
+    health = HealthRegistry()
+    shutdown = ShutdownRequest()
+    buses: dict[str, OwnBus] = {}
+    with FleetSubscriber(broker.port) as fleet:
+        run = asyncio.create_task(
+            run_gateway(
+                config(broker.port, tmp_path / "b.db"),
+                shutdown,
+                SystemClock(),
+                health,
+                drivers=drivers_of_this_test(buses),
+            )
+        )
+
+        def arrived(device: str) -> list[dict[str, Any]]:
+            return [r for r in fleet.readings() if r["device"] == device]
+
+        try:
+            async with asyncio.timeout(60):
+                while len(arrived("pushed")) < 10 or len(arrived("steady")) < 5:
+                    assert not run.done(), "the gateway ended"
+                    await asyncio.sleep(0.05)
+        finally:
+            shutdown.request()
+            async with asyncio.timeout(30):
+                await run  # returns normally: nothing escaped
+
+        readings = fleet.readings()
+    # The stream ran again after its bug; both runs' readings arrived, in order, none twice.
+    assert buses["radio"].runs == 2
+    pushed = [r["values"]["n"]["value"] for r in arrived("pushed")]
+    assert pushed[:10] == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4]
+    seqs = reading_seqs(readings)
+    assert seqs == sorted(seqs)
+    # The buggy device failed on every slot, counted; it never cost the steady one a poll.
+    assert health.devices["buggy"].driver_faults >= 2
+    assert health.devices["buggy"].polls_ok == 0
+    assert health.devices["steady"].polls_failed == 0
+    assert health.progress.readings_stored >= len(set(seqs))
+    # Each bug logged once, with its traceback.
+    stream_bug = [r for r in caplog.records if "stream of bus radio failed" in r.getMessage()]
+    device_bug = [r for r in caplog.records if "buggy: the driver failed" in r.getMessage()]
+    assert len(stream_bug) == 1
+    assert stream_bug[0].exc_info is not None
+    assert len(device_bug) == 1
+    assert device_bug[0].exc_info is not None
