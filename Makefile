@@ -37,6 +37,7 @@ trials: $(STAMP) mosquitto
 
 bench: $(STAMP) mosquitto
 	$(BIN)/python bench/end_to_end.py
+	$(BIN)/python bench/shutdown.py
 
 # Re-pin every dependency (after changing a range in pyproject.toml); commit the result.
 lock: $(STAMP)

@@ -95,6 +95,10 @@ async def run_gateway(
                 await _bounded(buses.aclose(), shutdown, "closing the buses")
         finally:
             await _bounded(buffer.close(), shutdown, "closing the buffer")
+        took = shutdown.seconds_since_request()
+        log.info(
+            "stopped%s", f" {took * 1000:.0f} ms after the request" if took is not None else ""
+        )
     finally:
         shutdown.detach()
 
@@ -160,7 +164,6 @@ async def _serve(
         goodbye = min(_GOODBYE_MAX, shutdown.seconds_left() / 2)
         await _bounded(forwarder.say_goodbye(goodbye), shutdown, "the goodbye to the broker")
         await _stop_tasks({uplink}, shutdown)
-    log.info("stopped")
 
 
 async def _keep_running(part: _Part, stop: asyncio.Event, clock: Clock) -> None:

@@ -96,6 +96,11 @@ class ShutdownRequest:
             return budget
         return max(0.0, budget - (time.monotonic() - self._requested_at))
 
+    def seconds_since_request(self) -> float | None:
+        if self._requested_at is None:
+            return None
+        return time.monotonic() - self._requested_at
+
     def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
         self._signalled()
 

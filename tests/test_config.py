@@ -200,3 +200,10 @@ def test_bad_durations(text):
     # "10" is text without a unit: ambiguous, so refused (a bare YAML number means seconds).
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+def test_the_readme_config_example_is_valid():
+    readme = (REPO / "README.md").read_text()
+    example = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = parse_config(example, source="README.md")
+    assert {bus.type for bus in config.buses} == {"modbus_tcp", "host"}

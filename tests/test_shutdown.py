@@ -294,3 +294,22 @@ def test_sigterm_at_120_random_moments(
     rng = random.Random(20261126)
     for _ in range(120):
         run_trial(rng.choice(TRIALS), rng, broker, gateways, tmp_path)
+
+
+def test_a_process_that_cannot_stop_is_ended_at_the_bound():
+    """The last resort: an event loop blocked for good (a driver calling time.sleep, a hung
+    disk) cannot keep the process alive past its bound; it ends with 70 and says why."""
+    script = (
+        "import os, signal, time\n"
+        "from gateway.shutdown import ShutdownRequest\n"
+        "shutdown = ShutdownRequest(end_hard=True)\n"
+        "shutdown.install()\n"
+        "shutdown.set_bound(0.5)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(60)  # blocks everything, as a broken driver would\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 70, result.stderr
+    assert "did not stop within 0.5s of the stop signal" in result.stderr
