@@ -247,6 +247,11 @@ class Buffer:
     async def stats(self) -> BufferStats:
         return await self._run(self._store.stats)
 
+    async def probe(self) -> None:
+        """Return once the buffer's thread has run a no-op: it is not stuck (the systemd
+        watchdog asks this when no reading arrived to prove it)."""
+        await self._run(_nothing)
+
     async def wait_appended(self, timeout: float) -> None:
         """Return when a reading was appended since the last call, or after ``timeout``."""
         try:
@@ -258,3 +263,7 @@ class Buffer:
 
     async def _run(self, function: Callable[..., _T], *args: Any) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
+
+
+def _nothing() -> None:
+    return None

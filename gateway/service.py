@@ -12,10 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from drivers.catalog import bus_driver_factory
 from gateway.backoff import Backoff
@@ -27,6 +26,7 @@ from gateway.health import HealthRegistry
 from gateway.scheduler import DevicePoller
 from gateway.shutdown import ShutdownRequest
 from gateway.sink import Sink
+from gateway.systemd import Notifier, report_to_systemd, watchdog_period
 from gateway.upstream.forwarder import Forwarder
 from gateway.upstream.json_dialect import JsonDialect
 
@@ -83,8 +83,23 @@ async def run_gateway(
                     health.forwarding,
                     gateway_id=config.gateway.id,
                 )
+                notifier = Notifier()
+                parts.append(
+                    _Part(
+                        "report to systemd",
+                        partial(
+                            report_to_systemd,
+                            notifier,
+                            health,
+                            buffer.probe,
+                            watchdog_period(),
+                            stop,
+                        ),
+                    )
+                )
                 await _serve(
                     parts,
+                    notifier=notifier,
                     forwarder=forwarder,
                     health=health,
                     stop=stop,
@@ -139,6 +154,7 @@ def _stream_runner(bus: StreamingBusDriver, sink: Sink) -> Callable[[], Awaitabl
 async def _serve(
     parts: Sequence[_Part],
     *,
+    notifier: Notifier,
     forwarder: Forwarder,
     health: HealthRegistry,
     stop: asyncio.Event,
@@ -153,13 +169,13 @@ async def _serve(
     )
     try:
         log.info("fieldgate running: %d device(s)", len(health.devices))
-        notify_systemd("READY=1")
+        notifier.send(f"READY=1\nSTATUS={health.status_line()}")
         await stop.wait()
     finally:
         # Also when we are cancelled ourselves: no task outlives its owner, and the bound holds.
         shutdown.request()
         log.info("stopping (within %.1fs)", shutdown.seconds_left())
-        notify_systemd("STOPPING=1")
+        notifier.send("STOPPING=1")
         await _stop_tasks(producers, shutdown)
         goodbye = min(_GOODBYE_MAX, shutdown.seconds_left() / 2)
         await _bounded(forwarder.say_goodbye(goodbye), shutdown, "the goodbye to the broker")
@@ -212,18 +228,3 @@ async def _bounded(step: Awaitable[None], shutdown: ShutdownRequest, what: str) 
         log.error(  # noqa: TRY400 - where it hung is in the message; a traceback adds nothing
             "%s did not finish within the stop bound; going on without it", what
         )
-
-
-def notify_systemd(state: str) -> None:
-    """Tell systemd (Type=notify) about our state; a no-op when not started by systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.connect(address)
-            sock.sendall(state.encode())
-        except OSError as exc:
-            log.debug("sd_notify failed: %s", exc)

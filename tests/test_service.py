@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import pytest
 from fieldgate_sim.fleet import FleetSubscriber
@@ -18,12 +18,13 @@ from fieldgate_sim.mosquitto import MosquittoBroker
 from gateway.clock import Clock, SystemClock, epoch_ms
 from gateway.config.loader import parse_config
 from gateway.config.model import GatewayConfig
-from gateway.driver import BusDriverFactory, PolledDevice, ReadingSink
+from gateway.driver import PolledDevice, ReadingSink
 from gateway.health import HealthRegistry
 from gateway.readings import PointValue, Reading
 from gateway.service import run_gateway
 from gateway.shutdown import ShutdownRequest
 from tests.harness import reading_seqs
+from tests.own_drivers import OwnBus, own_drivers
 
 
 def config(broker_port: int, buffer: Path) -> GatewayConfig:
@@ -58,32 +59,14 @@ class Polled:
         return Reading(self._name, epoch_ms(self._clock), (PointValue("v", 1.5, "V"),))
 
 
-class OwnBus:
-    """A bus of the test's own; the ``radio`` one also streams: five readings a run, and its
-    first run ends in a bug."""
+class StreamingOwnBus(OwnBus):
+    """The ``radio`` bus: it also streams, five readings a run, and its first run ends in a bug."""
 
-    def __init__(self, name: str, devices: Sequence[Any], clock: Clock) -> None:
-        self._name, self._clock = name, clock
-        self._devices = [Polled(d.name, clock, buggy=d.name == "buggy") for d in devices]
+    def __init__(self, devices: Sequence[PolledDevice], clock: Clock) -> None:
+        super().__init__(devices)
+        self._clock = clock
         self.runs = 0
 
-    @property
-    def devices(self) -> Sequence[PolledDevice]:
-        return self._devices
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
-
-class StreamingOwnBus(OwnBus):
     async def stream(self, sink: ReadingSink) -> None:
         self.runs += 1
         for count in range(5):
@@ -94,16 +77,11 @@ class StreamingOwnBus(OwnBus):
         await asyncio.Event().wait()  # an advert-driven stream idles until cancelled
 
 
-def drivers_of_this_test(buses: dict[str, OwnBus]) -> Any:
-    def factory(bus_config: Any, devices: Sequence[Any], clock: Clock) -> OwnBus:
-        kind = StreamingOwnBus if bus_config.name == "radio" else OwnBus
-        buses[bus_config.name] = kind(bus_config.name, devices, clock)
-        return buses[bus_config.name]
-
-    def lookup(_bus_type: str) -> BusDriverFactory:
-        return factory
-
-    return lookup
+def open_bus(buses: dict[str, OwnBus], config: Any, devices: Sequence[Any], clock: Clock) -> OwnBus:
+    polled = [Polled(d.name, clock, buggy=d.name == "buggy") for d in devices]
+    bus = StreamingOwnBus(polled, clock) if config.name == "radio" else OwnBus(polled)
+    buses[config.name] = bus
+    return bus
 
 
 async def test_streams_and_polls_share_the_sink_and_a_bug_costs_only_its_part(
@@ -120,7 +98,7 @@ async def test_streams_and_polls_share_the_sink_and_a_bug_costs_only_its_part(
                 shutdown,
                 SystemClock(),
                 health,
-                drivers=drivers_of_this_test(buses),
+                drivers=own_drivers(partial(open_bus, buses)),
             )
         )
 
@@ -139,7 +117,9 @@ async def test_streams_and_polls_share_the_sink_and_a_bug_costs_only_its_part(
 
         readings = fleet.readings()
     # The stream ran again after its bug; both runs' readings arrived, in order, none twice.
-    assert buses["radio"].runs == 2
+    radio = buses["radio"]
+    assert isinstance(radio, StreamingOwnBus)
+    assert radio.runs == 2
     pushed = [r["values"]["n"]["value"] for r in arrived("pushed")]
     assert pushed[:10] == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4]
     seqs = reading_seqs(readings)
