@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-from-lock
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test trials bench lint lock mosquitto systemd-tools clean
+.PHONY: demo test trials bench lint lock mosquitto systemd-tools install uninstall clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,48 @@ bench: $(STAMP) mosquitto
 lock: $(STAMP)
 	$(BIN)/pip-compile --quiet --extra dev --generate-hashes --allow-unsafe --strip-extras \
 		--output-file requirements.lock pyproject.toml
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+		--output-file requirements-runtime.lock pyproject.toml
+
+# The service: runtime dependencies only (from requirements-runtime.lock) in a venv under
+# $(PREFIX), the unit, the sysusers and tmpfiles snippets, and a config that passes `check`
+# (never overwritten). DESTDIR= installs into a scratch root (what the tests do).
+PREFIX ?= /opt/fieldgate
+DESTDIR ?=
+UNITDIR ?= /etc/systemd/system
+# The development venv (pytest, mypy …) is not needed: pip builds the package in isolation.
+install:
+	$(PYTHON) -m venv $(DESTDIR)$(PREFIX)/venv
+	$(DESTDIR)$(PREFIX)/venv/bin/pip install --quiet --require-hashes --no-deps \
+		-r requirements-runtime.lock
+	$(DESTDIR)$(PREFIX)/venv/bin/pip install --quiet --no-deps \
+		--force-reinstall .
+	sed 's#/opt/fieldgate/venv#$(PREFIX)/venv#' systemd/fieldgate.service \
+		| install -D -m 644 /dev/stdin $(DESTDIR)$(UNITDIR)/fieldgate.service
+	install -D -m 644 systemd/fieldgate.sysusers.conf $(DESTDIR)/usr/lib/sysusers.d/fieldgate.conf
+	install -D -m 644 systemd/fieldgate.tmpfiles.conf $(DESTDIR)/usr/lib/tmpfiles.d/fieldgate.conf
+	@if [ -e $(DESTDIR)/etc/fieldgate/fieldgate.yaml ]; then \
+		echo "kept the existing /etc/fieldgate/fieldgate.yaml"; \
+	else \
+		install -D -m 644 examples/fieldgate.yaml $(DESTDIR)/etc/fieldgate/fieldgate.yaml; \
+	fi
+	@if [ -z "$(DESTDIR)" ]; then \
+		systemd-sysusers fieldgate.conf && systemd-tmpfiles --create fieldgate.conf \
+		&& systemctl daemon-reload; \
+	fi
+	@echo "installed. Next: edit /etc/fieldgate/fieldgate.yaml (gateway id, broker, devices),"
+	@echo "  $(PREFIX)/venv/bin/fieldgate check -c /etc/fieldgate/fieldgate.yaml"
+	@echo "  systemctl enable --now fieldgate && systemctl status fieldgate"
+	@echo "  journalctl -u fieldgate -f"
+
+# Removes the program; keeps the config (/etc/fieldgate) and the buffer (/var/lib/fieldgate).
+uninstall:
+	@if [ -z "$(DESTDIR)" ]; then systemctl disable --now fieldgate || true; fi
+	rm -rf $(DESTDIR)$(PREFIX)/venv
+	rm -f $(DESTDIR)$(UNITDIR)/fieldgate.service $(DESTDIR)/usr/lib/sysusers.d/fieldgate.conf \
+		$(DESTDIR)/usr/lib/tmpfiles.d/fieldgate.conf
+	@if [ -z "$(DESTDIR)" ]; then systemctl daemon-reload; fi
+	@echo "removed; /etc/fieldgate and /var/lib/fieldgate (config and buffer) are kept"
 
 clean:
 	rm -rf $(VENV) var/demo

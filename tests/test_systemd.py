@@ -37,7 +37,7 @@ UNIT = REPO / "systemd" / "fieldgate.service"
 def test_unit_file_verifies(tmp_path: Path):
     fieldgate = Path(sys.executable).parent / "fieldgate"
     unit = tmp_path / "fieldgate.service"
-    unit.write_text(UNIT.read_text().replace("/opt/fieldgate/.venv/bin/fieldgate", str(fieldgate)))
+    unit.write_text(UNIT.read_text().replace("/opt/fieldgate/venv/bin/fieldgate", str(fieldgate)))
     result = subprocess.run(
         ["systemd-analyze", "verify", str(unit)],
         capture_output=True,
