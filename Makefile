@@ -45,6 +45,8 @@ trials: $(STAMP) mosquitto
 bench: $(STAMP) mosquitto
 	$(BIN)/python bench/end_to_end.py
 	$(BIN)/python bench/shutdown.py
+	$(BIN)/python bench/buffer.py
+	$(BIN)/python bench/modbus_line.py
 
 # Re-pin every dependency (after changing a range in pyproject.toml); commit the result.
 lock: $(STAMP)

@@ -14,12 +14,19 @@ from typing import Annotated
 from pydantic import Field, Tag
 
 from drivers.host.config import HostBus, HostDevice
-from drivers.modbus.config import ModbusDevice, ModbusTcpBus
+from drivers.modbus.config import (
+    ModbusDevice,
+    ModbusRtuBus,
+    ModbusRtuOverTcpBus,
+    ModbusTcpBus,
+)
 from gateway.config.fields import DeviceBase
 from gateway.driver import BusDriverFactory
 
 #: Every bus kind a config may name, told apart by its ``type`` key.
-BusConfig = Annotated[ModbusTcpBus | HostBus, Field(discriminator="type")]
+BusConfig = Annotated[
+    ModbusTcpBus | ModbusRtuBus | ModbusRtuOverTcpBus | HostBus, Field(discriminator="type")
+]
 
 #: Every device kind, each tagged with its class name. A device has no key that tells its kind:
 #: the config chooses the model its bus names (``device_model``) before validating it.
@@ -32,6 +39,8 @@ DeviceConfig = (
 #: only Modbus buses never imports bleak, and the core never imports a protocol library.
 _DRIVERS: dict[str, str] = {
     "modbus_tcp": "drivers.modbus.tcp:open_modbus_tcp_bus",
+    "modbus_rtu": "drivers.modbus.rtu:open_modbus_rtu_bus",
+    "modbus_rtu_over_tcp": "drivers.modbus.tcp:open_modbus_rtu_over_tcp_bus",
     "host": "drivers.host.driver:open_host_bus",
 }
 
@@ -52,3 +61,18 @@ def bus_driver_factory(bus_type: str) -> BusDriverFactory:
     module_name, _, attribute = _DRIVERS[bus_type].partition(":")
     factory: BusDriverFactory = getattr(importlib.import_module(module_name), attribute)
     return factory
+
+
+def run_tool(command: str, args: object, load_config: object) -> int:
+    """Run a technician command (``templates``, ``scan``, ``probe``) with the parsed command
+    line. ``load_config`` is the core's config loader, for a bus named from the config file."""
+    import asyncio  # noqa: PLC0415
+
+    tools = importlib.import_module("drivers.modbus.tools")
+    if command == "templates":
+        result: int = tools.templates_command(args)
+    elif command == "scan":
+        result = asyncio.run(tools.scan_command(args, load_config))
+    else:
+        result = asyncio.run(tools.probe_command(args, load_config))
+    return result

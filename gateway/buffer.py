@@ -3,22 +3,41 @@ and leaves only after the broker acknowledged it.
 
 :class:`ReadingStore` is the synchronous store; it is used from one thread only.
 :class:`Buffer` is what the event loop uses: the same operations run on a dedicated thread, so
-a slow disk (an SD card's fsync) never blocks polling or MQTT.
+a slow disk (an SD card's fsync) never blocks polling or MQTT. It commits appends in groups:
+every reading submitted within ``commit_delay`` of the first (from any device) goes to disk in
+one transaction, and each submitter returns when its group is committed. When the disk fails
+(full, I/O error, read-only, locked by another process) readings wait in a bounded memory
+queue and are written when it works again; what the bound drops is counted and reported.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import json
 import logging
+import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.errors import StorageError
+from gateway.backoff import Backoff
+from gateway.errors import StorageDeferred, StorageError
+from gateway.events import (
+    BufferedEvent,
+    DeviceDrops,
+    DropReason,
+    DropTallies,
+    EventKind,
+    GatewayEvent,
+)
+from gateway.health import PartHealth
 from gateway.readings import BufferedReading, PointValue, Quality, Reading
 
 log = logging.getLogger(__name__)
@@ -39,10 +58,42 @@ CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+-- Events for the fleet that describe data (drops, a replaced file): written in the transaction
+-- that made them true, deleted after their PUBACK.
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dropped (
+    device TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (device, reason)
+);
 """
 
-#: How many appends between checks of the size and age limits.
+#: How many appended readings between checks of the size and age limits.
 _LIMIT_CHECK_EVERY = 256
+#: How long a write waits for another process's lock before the buffer counts as failing: the
+#: readings then wait in memory instead of every poll stalling for SQLite's default 5 s.
+_BUSY_TIMEOUT = 0.5
+#: Checkpoint every ~1 MiB of WAL and cut the file back to that, so the WAL of a busy hour does
+#: not keep its high-water size on a small filesystem.
+_WAL_CHECKPOINT_PAGES = 256
+_WAL_SIZE_LIMIT = 1 << 20
+
+# SQLite's primary result codes (sqlite3.h) that mean the file itself is bad, not the disk.
+_SQLITE_CORRUPT = 11
+_SQLITE_CANTOPEN = 14
+_SQLITE_NOTADB = 26
+
+_INSERT = "INSERT INTO readings (device, read_at_ms, quality, point_values) VALUES (?, ?, ?, ?)"
+# Drop selections. Fixed strings, chosen by the code (no input reaches them).
+_AGE_SELECTION = "read_at_ms < ?"
+_SIZE_SELECTION = (
+    "seq IN (SELECT seq FROM readings ORDER BY seq LIMIT "
+    "max(1, (SELECT count(*) FROM readings) / 20))"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,63 +104,184 @@ class BufferStats:
     dropped: int
 
 
-class ReadingStore:
-    """The SQLite file. Every method commits before it returns."""
+class _Damaged(Exception):
+    """The file at the buffer's path is not a healthy database of ours."""
 
-    def __init__(self, path: Path, max_size: int, max_age_s: float) -> None:
+
+class ReadingStore:
+    """The SQLite file. Every method commits before it returns.
+
+    A file at ``path`` that is not a database, is damaged (``PRAGMA quick_check``), or is not a
+    file at all is moved aside with a timestamp and a fresh database is started in its place;
+    :attr:`replaced` then says so, and a ``buffer_replaced`` event waits in the new file.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        max_size: int,
+        max_age_s: float,
+        *,
+        busy_timeout: float = _BUSY_TIMEOUT,
+        now_ms: Callable[[], int] | None = None,
+    ) -> None:
         self._path = path
         self._max_size = max_size
         self._max_age_ms = int(max_age_s * 1000)
+        self._busy_timeout = busy_timeout
+        self._now_ms = now_ms or (lambda: int(time.time() * 1000))
         self._appends_since_check = 0
+        self.replaced: GatewayEvent | None = None
+        #: Events committed by this store: the buffer compares it to know when the forwarder
+        #: should look (an int, written on the buffer's thread and only read elsewhere).
+        self.events_recorded = 0
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._db = self._connect()
+            except _Damaged as exc:
+                self._db = self._replace(str(exc))
+        except (sqlite3.Error, OSError) as exc:
+            # SQLite says only "unable to open database file"; the technician needs the why.
+            hint = "" if os.access(path.parent, os.W_OK) else f" ({path.parent} is not writable)"
+            raise StorageError(f"cannot open the buffer {path}: {exc}{hint}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        path = self._path
+        if path.exists() and not path.is_file():
+            raise _Damaged(f"{path} is not a regular file")
+        try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a commit is exactly
             # where the code says, not wherever the sqlite3 module decides.
-            self._db = sqlite3.connect(path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            db = sqlite3.connect(path, isolation_level=None, timeout=self._busy_timeout)
+        except sqlite3.Error as exc:
+            if path.exists() and exc.sqlite_errorcode == _SQLITE_CANTOPEN:
+                raise _Damaged(f"{path} cannot be opened: {exc}") from exc
+            raise
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed reading survives a power cut, not only a crash of the process.
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            raise StorageError(f"cannot open the buffer {path}: {exc}") from exc
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA wal_autocheckpoint={_WAL_CHECKPOINT_PAGES}")
+            db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
+            _quick_check(db)
+            db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            db.close()
+            if exc.sqlite_errorcode in {_SQLITE_CORRUPT, _SQLITE_NOTADB}:
+                raise _Damaged(str(exc)) from exc
+            raise
+        except _Damaged:
+            db.close()
+            raise
+        return db
+
+    def _replace(self, reason: str) -> sqlite3.Connection:
+        """Move the damaged file (and its -wal and -shm) aside, start a fresh one that goes on
+        numbering after the newest number the old file still tells, and record the event."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = self._path.with_name(f"{self._path.name}.damaged-{stamp}")
+        first, last = _numbers_in(self._path)
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(f"{self._path}{suffix}")
+            if source.exists() or source.is_symlink():
+                source.rename(Path(f"{aside}{suffix}"))
+        log.error(
+            "the buffer %s was unusable (%s): moved aside to %s and a new one started; the "
+            "readings in it were not sent (rescue them with `fieldgate buffer export --file`)",
+            self._path,
+            reason,
+            aside,
+        )
+        db = self._connect()
+        # Numbers must never be given twice: go on after the old file's newest, or, when it
+        # tells nothing, after a number no earlier reading can have had (milliseconds since
+        # the epoch times 1000 outgrows any count of readings this box can have made).
+        seed = last if last is not None else self._now_ms() * 1000
+        event = GatewayEvent(
+            EventKind.BUFFER_REPLACED,
+            self._now_ms(),
+            seq_first=first,
+            seq_last=last,
+            detail=f"{reason}; moved to {aside.name}",
+        )
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('readings', ?)", (seed,))
+        db.execute("INSERT INTO events (body) VALUES (?)", (event.to_json(),))
+        db.execute("COMMIT")
+        self.events_recorded += 1
+        self.replaced = event
+        return db
 
     def close(self) -> None:
         self._db.close()
 
     def append(self, reading: Reading) -> int:
         """Store ``reading``; returns its sequence number once it is on disk."""
-        values = json.dumps(
-            [[p.name, p.value, p.unit] for p in reading.values], separators=(",", ":")
-        )
-        seq = self._write(
-            lambda db: (
-                db.execute(
-                    "INSERT INTO readings (device, read_at_ms, quality, point_values) "
-                    "VALUES (?, ?, ?, ?)",
-                    (reading.device, reading.read_at_ms, str(reading.quality), values),
-                ).lastrowid
-            )
-        )
-        self._appends_since_check += 1
-        if self._appends_since_check >= _LIMIT_CHECK_EVERY:
-            self.enforce_limits(reading.read_at_ms)
-        assert isinstance(seq, int)
-        return seq
+        return self.append_many([reading])[0]
 
-    def oldest(self, after_seq: int, limit: int) -> list[BufferedReading]:
-        """Up to ``limit`` readings with a sequence number above ``after_seq``, oldest first."""
+    def append_many(
+        self, readings: Sequence[Reading], events: Sequence[GatewayEvent] = ()
+    ) -> list[int]:
+        """Store ``readings`` and ``events`` in one transaction (one fsync); returns the
+        readings' sequence numbers once they are on disk."""
+        rows = [
+            (r.device, r.read_at_ms, str(r.quality), _encode_points(r.values)) for r in readings
+        ]
+
+        def insert(db: sqlite3.Connection) -> list[int]:
+            seqs = []
+            for row in rows:
+                seq = db.execute(_INSERT, row).lastrowid
+                assert isinstance(seq, int)
+                seqs.append(seq)
+            for event in events:
+                _record_event(db, event)
+            return seqs
+
+        seqs = self._write(insert)
+        self.events_recorded += len(events)
+        self._appends_since_check += len(rows)
+        if self._appends_since_check >= _LIMIT_CHECK_EVERY:
+            try:
+                self.enforce_limits(max(r.read_at_ms for r in readings))
+            except StorageError as exc:
+                # The readings are committed: a failed clean-up must not make them look lost.
+                log.warning("could not apply the buffer's limits now: %s", exc)
+        return seqs
+
+    def oldest(
+        self, after_seq: int, limit: int, through_seq: int | None = None
+    ) -> list[BufferedReading]:
+        """Up to ``limit`` readings with a sequence number above ``after_seq`` (and at most
+        ``through_seq``), oldest first."""
         rows = self._query(
             "SELECT seq, device, read_at_ms, quality, point_values FROM readings "
-            "WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after_seq, limit),
+            "WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+            (after_seq, through_seq if through_seq is not None else 2**63 - 1, limit),
         )
         return [_row_to_buffered(row) for row in rows]
+
+    def newest_seq(self) -> int:
+        """The newest sequence number waiting (0 when none is)."""
+        return int(self._query("SELECT coalesce(max(seq), 0) FROM readings", ())[0][0])
 
     def delete(self, seqs: Iterable[int]) -> None:
         """Forget readings the broker acknowledged."""
         batch = [(seq,) for seq in seqs]
         if batch:
             self._write(lambda db: db.executemany("DELETE FROM readings WHERE seq = ?", batch))
+
+    def events(self, after_id: int, limit: int) -> list[BufferedEvent]:
+        rows = self._query(
+            "SELECT id, body FROM events WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+        )
+        return [BufferedEvent(row[0], GatewayEvent.from_json(row[1])) for row in rows]
+
+    def delete_events(self, ids: Iterable[int]) -> None:
+        batch = [(event_id,) for event_id in ids]
+        if batch:
+            self._write(lambda db: db.executemany("DELETE FROM events WHERE id = ?", batch))
 
     def stats(self) -> BufferStats:
         waiting, oldest, newest = self._query(
@@ -118,40 +290,57 @@ class ReadingStore:
         dropped = self._query("SELECT value FROM counters WHERE name = 'dropped'", ())
         return BufferStats(waiting, oldest, newest, dropped[0][0] if dropped else 0)
 
+    def dropped_by_device(self) -> dict[tuple[str, str], int]:
+        rows = self._query("SELECT device, reason, count FROM dropped", ())
+        return {(device, reason): count for device, reason, count in rows}
+
     def enforce_limits(self, now_ms: int) -> int:
         """Drop the oldest readings beyond the age limit and while the file is over its size
-        limit; count what was dropped. Returns how many were dropped now."""
+        limit; count what was dropped, per device, and record an event naming the range.
+        Returns how many were dropped now."""
         self._appends_since_check = 0
-        dropped = self._write(
-            lambda db: (
-                db.execute(
-                    "DELETE FROM readings WHERE read_at_ms < ?", (now_ms - self._max_age_ms,)
-                ).rowcount
-            )
-        )
+        cutoff = now_ms - self._max_age_ms
+        dropped = self._drop(_AGE_SELECTION, (cutoff,), DropReason.MAX_AGE, now_ms)
         while self._used_bytes() > self._max_size:
-            removed = self._write(
-                lambda db: (
-                    db.execute(
-                        "DELETE FROM readings WHERE seq IN "
-                        "(SELECT seq FROM readings ORDER BY seq LIMIT "
-                        "max(1, (SELECT count(*) FROM readings) / 20))"
-                    ).rowcount
-                )
-            )
+            removed = self._drop(_SIZE_SELECTION, (), DropReason.MAX_SIZE, now_ms)
             if removed == 0:
                 break
             dropped += removed
         if dropped:
-            self._write(
-                lambda db: db.execute(
-                    "INSERT INTO counters (name, value) VALUES ('dropped', ?) "
-                    "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                    (dropped,),
-                )
-            )
             log.warning("buffer over its limits: dropped the %d oldest readings", dropped)
-        return int(dropped)
+        return dropped
+
+    def _drop(
+        self, selection: str, params: tuple[Any, ...], reason: DropReason, now_ms: int
+    ) -> int:
+        def action(db: sqlite3.Connection) -> int:
+            # The selection is one of the fixed strings above; no input reaches it.
+            query = (
+                "SELECT device, count(*), min(read_at_ms), max(read_at_ms), min(seq), max(seq) "  # noqa: S608
+                f"FROM readings WHERE {selection} GROUP BY device ORDER BY device"
+            )
+            groups = db.execute(
+                query,
+                params,
+            ).fetchall()
+            if not groups:
+                return 0
+            db.execute(f"DELETE FROM readings WHERE {selection}", params)  # noqa: S608
+            event = GatewayEvent(
+                EventKind.DROPPED,
+                now_ms,
+                reason,
+                seq_first=min(group[4] for group in groups),
+                seq_last=max(group[5] for group in groups),
+                devices=tuple(DeviceDrops(g[0], g[1], g[2], g[3]) for g in groups),
+            )
+            _record_event(db, event)
+            return event.count
+
+        dropped = self._write(action)
+        if dropped:
+            self.events_recorded += 1
+        return dropped
 
     def _used_bytes(self) -> int:
         ((pages, free, size),) = self._query(
@@ -165,10 +354,16 @@ class ReadingStore:
             try:
                 result = action(self._db)
             except BaseException:
-                self._db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                # A failed COMMIT (disk full) leaves the transaction open: end it, or every
+                # later BEGIN fails with "cannot start a transaction within a transaction".
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
             raise StorageError(f"buffer {self._path}: {exc}") from exc
         return result
 
@@ -177,6 +372,62 @@ class ReadingStore:
             return self._db.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise StorageError(f"buffer {self._path}: {exc}") from exc
+
+
+def _quick_check(db: sqlite3.Connection) -> None:
+    check = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
+    if check != ["ok"]:
+        raise _Damaged(f"quick_check found damage: {'; '.join(check)}")
+
+
+def _record_event(db: sqlite3.Connection, event: GatewayEvent) -> None:
+    db.execute("INSERT INTO events (body) VALUES (?)", (event.to_json(),))
+    if event.kind is not EventKind.DROPPED or event.reason is None:
+        return
+    db.executemany(
+        "INSERT INTO dropped (device, reason, count) VALUES (?, ?, ?) "
+        "ON CONFLICT(device, reason) DO UPDATE SET count = count + excluded.count",
+        [(d.device, str(event.reason), d.count) for d in event.devices],
+    )
+    db.execute(
+        "INSERT INTO counters (name, value) VALUES ('dropped', ?) "
+        "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+        (event.count,),
+    )
+
+
+def _numbers_in(path: Path) -> tuple[int | None, int | None]:
+    """The oldest waiting and the newest ever given sequence number of a damaged file, as far
+    as it still tells them."""
+    first: int | None = None
+    last: int | None = None
+    with contextlib.suppress(sqlite3.Error, OSError, TypeError, ValueError):
+        if path.is_file() and os.access(path, os.R_OK):
+            uri = f"{path.resolve().as_uri()}?mode=ro"
+            with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+                row = db.execute(
+                    "SELECT seq FROM sqlite_sequence WHERE name = 'readings'"
+                ).fetchone()
+                last = int(row[0]) if row else None
+                first = db.execute("SELECT min(seq) FROM readings").fetchone()[0]
+    return first, last
+
+
+def _never_openable(path: Path) -> bool:
+    """Whether ``path`` lies under something that is not a directory: a mistake in the config
+    that no waiting mends (unlike a full or read-only disk, or a mount not there yet)."""
+    for parent in path.parents:
+        if parent.exists():
+            return not parent.is_dir()
+    return False
+
+
+def _nothing() -> None:
+    return None
+
+
+def _encode_points(values: Sequence[PointValue]) -> str:
+    return json.dumps([[p.name, p.value, p.unit] for p in values], separators=(",", ":"))
 
 
 def _row_to_buffered(row: tuple[int, str, int, str, str]) -> BufferedReading:
@@ -207,49 +458,192 @@ def _decode_points(point_values: str) -> tuple[PointValue, ...]:
     return tuple(points)
 
 
-class Buffer:
-    """The store as the event loop sees it: same operations, run on the store's own thread, and
-    an event that wakes the forwarder when something new arrives."""
+#: Condition events held in memory for the uplink; beyond this the oldest go (they describe
+#: transitions, and the newest says how things are now).
+_VOLATILE_EVENTS_MAX = 64
 
-    def __init__(self, store: ReadingStore, thread: ThreadPoolExecutor) -> None:
-        self._store = store
+
+class Buffer:
+    """The store as the event loop sees it: group commit, the memory queue while the disk
+    fails, and an event that wakes the forwarder when something new is on disk.
+
+    All SQLite work runs on the store's own thread. The group's delay and the retry waits use
+    the event loop's own time, not the injected clock: they are latencies of the disk path, not
+    a schedule a test steps through.
+    """
+
+    def __init__(
+        self,
+        thread: ThreadPoolExecutor,
+        opener: Callable[[], ReadingStore],
+        store: ReadingStore | None,
+        *,
+        commit_delay: float,
+        memory_queue: int,
+        storing: PartHealth,
+    ) -> None:
         self._thread = thread
+        self._opener = opener
+        self._store = store
+        self._commit_delay = commit_delay
+        self._memory_queue = memory_queue
+        self.storing = storing
         self._appended = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
+        #: Submitted, waiting for the next group commit; each with its submitter's future.
+        self._pending: list[tuple[Reading, asyncio.Future[int]]] = []
+        #: Submitted while the disk failed: already answered (not durable), oldest first.
+        self._held: collections.deque[Reading] = collections.deque()
+        self._memory_drops = DropTallies()
+        self._volatile: collections.deque[GatewayEvent] = collections.deque(
+            maxlen=_VOLATILE_EVENTS_MAX
+        )
+        self._failing_since: float | None = None
+        self._retry = Backoff(base=0.2, cap=5.0)
+        #: Readings the memory bound dropped, ever (health and the CLI read it).
+        self.memory_dropped = 0
+        #: Group commits done, and readings they held (the bench reads them).
+        self.groups_committed = 0
+        self.readings_committed = 0
+        self._flusher: asyncio.Task[None] | None = None
+        self._events_check = True
+        self._events_seen = 0
 
     @classmethod
-    async def open(cls, path: Path, max_size: int, max_age_s: float) -> Buffer:
+    async def open(
+        cls,
+        path: Path,
+        max_size: int,
+        max_age_s: float,
+        *,
+        commit_delay: float = 0.01,
+        memory_queue: int = 10_000,
+        storing: PartHealth | None = None,
+    ) -> Buffer:
+        """Open the buffer. A file that cannot be opened at all (a read-only or full disk)
+        does not stop the gateway: readings wait in memory and opening is retried. A path
+        under a regular file is a StorageError: nothing but a config change mends it."""
+        storing = storing or PartHealth(
+            "storing readings in the buffer", "new readings wait in memory, up to a bound"
+        )
         # The connection is made on the thread that will use it for its whole life.
         thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
+
+        def opener() -> ReadingStore:
+            return ReadingStore(path, max_size, max_age_s)
+
         try:
-            store = await asyncio.get_running_loop().run_in_executor(
-                thread, ReadingStore, path, max_size, max_age_s
+            store: ReadingStore | None = await asyncio.get_running_loop().run_in_executor(
+                thread, opener
             )
+        except StorageError as exc:
+            if _never_openable(path):
+                thread.shutdown()
+                raise
+            store = None
+            error = str(exc)
         except BaseException:
             thread.shutdown()
             raise
-        return cls(store, thread)
+        buffer = cls(
+            thread,
+            opener,
+            store,
+            commit_delay=commit_delay,
+            memory_queue=memory_queue,
+            storing=storing,
+        )
+        if store is None:
+            buffer._failed(error)
+            buffer._wake.set()  # the writer retries opening, with backoff
+        buffer._flusher = asyncio.create_task(buffer._flush_until_closed(), name="buffer writer")
+        return buffer
+
+    @property
+    def replaced(self) -> GatewayEvent | None:
+        return None if self._store is None else self._store.replaced
+
+    @property
+    def is_open(self) -> bool:
+        return self._store is not None
+
+    @property
+    def held(self) -> int:
+        """Readings waiting in memory for the disk."""
+        return len(self._held)
 
     async def close(self) -> None:
-        await self._run(self._store.close)
+        """Write what is pending (one last try if the disk fails), then close the file."""
+        self._closing.set()
+        self._wake.set()
+        if self._flusher is not None:
+            await self._flusher
+        lost = len(self._held) + len(self._pending)
+        if lost:
+            log.error(
+                "stopping with %d reading(s) held in memory that the disk did not take: "
+                "they are lost",
+                lost,
+            )
+        if self._store is not None:
+            await self._run(self._store.close)
         self._thread.shutdown(wait=True)
 
     async def append(self, reading: Reading) -> int:
-        seq = await self._run(self._store.append, reading)
-        self._appended.set()
-        return seq
+        """Store ``reading`` with the next group; returns its sequence number once the group
+        is on disk. Raises :class:`StorageDeferred` at once while the disk fails: the reading
+        then waits in memory (or is counted as dropped beyond the bound)."""
+        if self._failing_since is not None:
+            self._hold(reading)
+            raise StorageDeferred(f"{self.storing.last_error}; the reading waits in memory")
+        if self._closing.is_set() and self._flusher is not None and self._flusher.done():
+            raise StorageError("the buffer is closed")
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((reading, future))
+        self._wake.set()
+        return await asyncio.shield(future)
 
-    async def oldest(self, after_seq: int, limit: int) -> list[BufferedReading]:
-        return await self._run(self._store.oldest, after_seq, limit)
+    async def oldest(
+        self, after_seq: int, limit: int, through_seq: int | None = None
+    ) -> list[BufferedReading]:
+        return await self._on_store(lambda s: s.oldest(after_seq, limit, through_seq))
+
+    async def newest_seq(self) -> int:
+        return await self._on_store(lambda s: s.newest_seq())
 
     async def delete(self, seqs: Sequence[int]) -> None:
-        await self._run(self._store.delete, seqs)
+        await self._on_store(lambda s: s.delete(seqs))
+
+    def take_event_check(self) -> bool:
+        """Whether an event may have arrived since the last call (then the forwarder looks)."""
+        seen = self._store.events_recorded if self._store else 0
+        due = self._events_check or seen != self._events_seen or bool(self._volatile)
+        self._events_seen = seen
+        self._events_check = False
+        return due
+
+    async def events(self, after_id: int, limit: int) -> list[BufferedEvent]:
+        """Stored events after ``after_id`` (oldest first), then those held in memory (taken:
+        the caller gives back with :meth:`give_back` those it could not deliver)."""
+        stored = await self._on_store(lambda s: s.events(after_id, limit)) if self._store else []
+        volatile = [BufferedEvent(None, event) for event in self._volatile]
+        self._volatile.clear()
+        return stored + volatile
+
+    def give_back(self, events: Iterable[GatewayEvent]) -> None:
+        """Memory events taken with :meth:`events` and not acknowledged, to be sent again."""
+        self._volatile.extendleft(reversed(list(events)))
+
+    async def delete_events(self, ids: Sequence[int]) -> None:
+        await self._on_store(lambda s: s.delete_events(ids))
 
     async def stats(self) -> BufferStats:
-        return await self._run(self._store.stats)
+        return await self._on_store(lambda s: s.stats())
 
     async def probe(self) -> None:
-        """Return once the buffer's thread has run a no-op: it is not stuck (the systemd
-        watchdog asks this when no reading arrived to prove it)."""
+        """Returns once the buffer's thread has run a step: evidence for the systemd watchdog
+        that SQLite is not stuck (a failing disk answers too: it is reported, not stuck)."""
         await self._run(_nothing)
 
     async def wait_appended(self, timeout: float) -> None:
@@ -261,9 +655,136 @@ class Buffer:
             return
         self._appended.clear()
 
+    async def _on_store(self, operation: Callable[[ReadingStore], _T]) -> _T:
+        store = self._store
+        if store is None:
+            raise StorageError(f"the buffer is not open: {self.storing.last_error}")
+        return await self._run(operation, store)
+
     async def _run(self, function: Callable[..., _T], *args: Any) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
 
+    # The writer.
 
-def _nothing() -> None:
-    return None
+    async def _flush_until_closed(self) -> None:
+        while True:
+            await self._wake.wait()
+            if self._failing_since is None and not self._closing.is_set():
+                # The group: whatever else is submitted in this short while rides along.
+                await asyncio.sleep(self._commit_delay)
+            self._wake.clear()
+            written = await self._flush()
+            if self._closing.is_set():
+                if written and self._pending:
+                    continue  # submitted while the last group was written
+                return
+            if not written:
+                await self._wait_to_retry()
+
+    async def _wait_to_retry(self) -> None:
+        delay = self._retry.failed(time.monotonic())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._closing.wait()
+        self._wake.set()
+
+    async def _flush(self) -> bool:
+        """Write what is held and pending, in one transaction; False if the disk failed."""
+        group, self._pending = self._pending, []
+        writing = list(self._held)
+        self._held.clear()
+        drops, self._memory_drops = self._memory_drops, DropTallies()
+        events = []
+        if drops.total:
+            events.append(
+                GatewayEvent(
+                    EventKind.DROPPED,
+                    int(time.time() * 1000),
+                    DropReason.MEMORY_BOUND,
+                    devices=drops.devices(),
+                    detail="dropped from memory while the disk failed; never numbered",
+                )
+            )
+        batch = writing + [reading for reading, _ in group]
+        if not batch and not events and self._store is not None:
+            return True  # a file not yet open is tried even with nothing to write
+        try:
+            if self._store is None:
+                self._store = await self._run(self._opener)
+            seqs = await self._run(self._store.append_many, batch, events)
+        except Exception as exc:  # noqa: BLE001 - any failure of the disk path holds the readings
+            error = str(exc) if isinstance(exc, StorageError) else f"{type(exc).__name__}: {exc}"
+            self._unwritten(writing, group, drops, error)
+            return False
+        for (_, future), seq in zip(group, seqs[len(writing) :], strict=True):
+            if not future.done():
+                future.set_result(seq)
+        self.groups_committed += 1
+        self.readings_committed += len(batch)
+        self._appended.set()
+        if self._failing_since is not None:
+            self._recovered(len(writing), drops.total)
+        return True
+
+    def _unwritten(
+        self,
+        writing: list[Reading],
+        group: list[tuple[Reading, asyncio.Future[int]]],
+        drops: DropTallies,
+        error: str,
+    ) -> None:
+        # Oldest first: what was held, this group, then what was held while writing.
+        newer = list(self._held)
+        self._held.clear()
+        self._held.extend(writing)
+        self._held.extend(reading for reading, _ in group)
+        self._held.extend(newer)
+        drops.merge(self._memory_drops)
+        self._memory_drops = drops
+        self._enforce_memory_bound()
+        self._failed(error)
+        for _, future in group:
+            if not future.done():
+                future.set_exception(StorageDeferred(f"{error}; the reading waits in memory"))
+
+    def _hold(self, reading: Reading) -> None:
+        self._held.append(reading)
+        self._enforce_memory_bound()
+
+    def _enforce_memory_bound(self) -> None:
+        while len(self._held) > self._memory_queue:
+            dropped = self._held.popleft()
+            self._memory_drops.add(dropped.device, dropped.read_at_ms)
+            self.memory_dropped += 1
+            if self.memory_dropped == 1 or self.memory_dropped % 1000 == 0:
+                log.warning(
+                    "the memory queue is full (%d readings): dropping the oldest; %d dropped "
+                    "so far (counted per device, reported upstream once the disk works)",
+                    self._memory_queue,
+                    self.memory_dropped,
+                )
+
+    def _failed(self, error: str) -> None:
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            self._volatile.append(
+                GatewayEvent(EventKind.BUFFER_FAILING, int(time.time() * 1000), detail=error)
+            )
+        self.storing.failed(error)
+
+    def _recovered(self, written: int, dropped: int) -> None:
+        since = self._failing_since or time.monotonic()
+        self._failing_since = None
+        self._retry.succeeded()
+        self._volatile.append(
+            GatewayEvent(
+                EventKind.BUFFER_RECOVERED,
+                int(time.time() * 1000),
+                detail=(
+                    f"failing for {time.monotonic() - since:.0f} s after "
+                    f"{self.storing.last_error}; {written} reading(s) held in memory written, "
+                    f"{dropped} dropped by the memory bound"
+                ),
+            )
+        )
+        self.storing.recovered()

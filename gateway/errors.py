@@ -8,7 +8,9 @@ these at the edge where they happen, so the core only ever handles these types::
     │   ├── DeviceUnreachable  no transport to the device (TCP connect refused, port missing)
     │   └── DeviceProtocolError the device answered, but with an exception code or garbage
     ├── StorageError           the local buffer failed (disk full, locked, a row that no longer
-    │                          decodes); the forwarder reports it and retries
+    │   │                      decodes); the forwarder reports it and retries
+    │   └── StorageDeferred    the disk failed, so the reading waits in memory (not yet durable);
+    │                          the buffer writes it when the disk works again
     └── UplinkError            the MQTT session failed; the forwarder reconnects with backoff
         ├── BrokerUnavailable  the broker cannot be reached, sent no CONNACK (or SUBACK or PUBACK
         │                      in time), or the connection was lost
@@ -52,6 +54,10 @@ class DeviceProtocolError(DeviceError):
 
 class StorageError(FieldgateError):
     """The local SQLite buffer failed."""
+
+
+class StorageDeferred(StorageError):
+    """The reading was not written: the disk fails. It waits in the buffer's memory queue."""
 
 
 class UplinkError(FieldgateError):

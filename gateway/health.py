@@ -103,6 +103,8 @@ class Progress:
     the sink and when the last one did (monotonic seconds)."""
 
     readings_stored: int = 0
+    #: Submitted while the disk failed: waiting in the buffer's memory queue, not yet durable.
+    readings_held: int = 0
     readings_lost: int = 0
     last_stored_at: float | None = None
 
@@ -120,7 +122,9 @@ class HealthRegistry:
     #: log a failure and a recovery alternately: what each failure costs differs too.
     storing: PartHealth = field(
         default_factory=lambda: PartHealth(
-            "storing readings in the buffer", "new readings are lost until it works again"
+            "storing readings in the buffer",
+            "new readings wait in memory up to buffer.memory_queue, then the oldest are dropped "
+            "and counted",
         )
     )
     forwarding: PartHealth = field(

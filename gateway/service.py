@@ -22,7 +22,9 @@ from gateway.buffer import Buffer
 from gateway.clock import Clock, SystemClock
 from gateway.config.model import GatewayConfig
 from gateway.driver import BusDriverFactory, PolledDevice, StreamingBusDriver
+from gateway.errors import StorageError
 from gateway.health import HealthRegistry
+from gateway.metrics import serve_metrics
 from gateway.scheduler import DevicePoller
 from gateway.shutdown import ShutdownRequest
 from gateway.sink import Sink
@@ -62,6 +64,12 @@ async def run_gateway(
     for device in config.devices:
         health.device(device.name)  # every configured device is in the registry from the start
     shutdown = shutdown or ShutdownRequest()
+    if config.mqtt.tls is not None and not config.mqtt.tls.verify_hostname:
+        log.warning(
+            "mqtt.tls.verify_hostname is off: any certificate the CA signed is taken for %s "
+            "(for a lab, never for a fleet)",
+            config.mqtt.host,
+        )
     shutdown.set_bound(config.gateway.stop_timeout)
     stop = shutdown.attach(asyncio.get_running_loop())
     try:
@@ -69,7 +77,14 @@ async def run_gateway(
             log.info("stop requested before start; nothing was opened")
             return
         limits = config.buffer
-        buffer = await Buffer.open(limits.path, limits.max_size, limits.max_age)
+        buffer = await Buffer.open(
+            limits.path,
+            limits.max_size,
+            limits.max_age,
+            commit_delay=limits.commit_delay,
+            memory_queue=limits.memory_queue,
+            storing=health.storing,
+        )
         try:
             async with contextlib.AsyncExitStack() as buses:
                 sink = Sink(buffer, health, clock)
@@ -82,7 +97,21 @@ async def run_gateway(
                     health.uplink,
                     health.forwarding,
                     gateway_id=config.gateway.id,
+                    replay_rate=limits.replay_rate,
                 )
+                if config.metrics is not None:
+                    parts.append(
+                        _Part(
+                            "metrics endpoint",
+                            partial(
+                                serve_metrics,
+                                config.metrics.listen,
+                                config.metrics.port,
+                                health,
+                                buffer.stats,
+                            ),
+                        )
+                    )
                 notifier = Notifier()
                 parts.append(
                     _Part(
@@ -99,6 +128,7 @@ async def run_gateway(
                 )
                 await _serve(
                     parts,
+                    started=await _start_line(config, buffer),
                     notifier=notifier,
                     forwarder=forwarder,
                     health=health,
@@ -116,6 +146,21 @@ async def run_gateway(
         )
     finally:
         shutdown.detach()
+
+
+async def _start_line(config: GatewayConfig, buffer: Buffer) -> str:
+    """What a technician reading the journal wants first: where it sends, what it polls, and
+    what waits from before."""
+    try:
+        waiting: int | str = (await buffer.stats()).waiting
+    except StorageError:
+        # Not open (a read-only or full disk): the gateway runs on, readings wait in memory.
+        waiting = "no"
+    buses = ", ".join(f"{bus.name} ({bus.type})" for bus in config.buses)
+    return (
+        f"{len(config.devices)} device(s) on {buses}; broker {config.mqtt.host}:"
+        f"{config.mqtt.port}; {waiting} reading(s) waiting in {config.buffer.path}"
+    )
 
 
 async def _open_buses(  # noqa: PLR0917 - one caller, each argument a different part
@@ -154,6 +199,7 @@ def _stream_runner(bus: StreamingBusDriver, sink: Sink) -> Callable[[], Awaitabl
 async def _serve(
     parts: Sequence[_Part],
     *,
+    started: str,
     notifier: Notifier,
     forwarder: Forwarder,
     health: HealthRegistry,
@@ -168,7 +214,7 @@ async def _serve(
         _keep_running(_Part("uplink", forwarder.run), stop, clock), name="uplink"
     )
     try:
-        log.info("fieldgate running: %d device(s)", len(health.devices))
+        log.info("fieldgate running: %s", started)
         notifier.send(f"READY=1\nSTATUS={health.status_line()}")
         await stop.wait()
     finally:

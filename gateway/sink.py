@@ -8,7 +8,7 @@ import logging
 
 from gateway.buffer import Buffer
 from gateway.clock import Clock
-from gateway.errors import DeviceError, StorageError
+from gateway.errors import DeviceError, StorageDeferred, StorageError
 from gateway.health import HealthRegistry
 from gateway.readings import Reading
 
@@ -24,19 +24,21 @@ class Sink:
         self._clock = clock
 
     async def submit(self, reading: Reading) -> None:
-        """Store ``reading``; when this returns normally it is committed to disk or, if the
-        buffer failed, counted as lost and reported (once per outage, by the buffer's health).
-        The device answered either way, so its health records a success."""
+        """Store ``reading``; when this returns normally it is committed to disk (with its
+        group) or, if the disk fails, it waits in the buffer's memory queue (the buffer reports
+        that, once per outage), or it was lost and is counted. The device answered either way,
+        so its health records a success."""
         device = self._health.device(reading.device)
         try:
             await self._buffer.append(reading)
+        except StorageDeferred:
+            self._health.progress.readings_held += 1
         except StorageError as exc:
             self._lost(str(exc))
         except Exception as exc:
             log.debug("unexpected error from the buffer", exc_info=exc)
             self._lost(f"unexpected {type(exc).__name__}: {exc}")
         else:
-            self._health.storing.recovered()
             self._health.progress.stored(self._clock.monotonic())
         device.succeeded(reading.read_at_ms)
 

@@ -129,3 +129,15 @@ def reading_seqs(readings: list[dict[str, object]]) -> list[int]:
         assert isinstance(seq, int)
         seqs.append(seq)
     return seqs
+
+
+def run_fieldgate(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``fieldgate ARGS`` (as ``python -m gateway``), its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+        check=False,
+    )

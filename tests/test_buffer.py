@@ -1,16 +1,26 @@
-"""The SQLite buffer: durable appends, oldest-first reads, deletes only of what was acknowledged,
-sequence numbers never reused, limits that drop the oldest and count them."""
+"""The SQLite buffer: durable appends in groups, oldest-first reads, deletes only of what was
+acknowledged, sequence numbers never reused, limits that drop the oldest and count them per
+device with an event naming the range; a damaged file moved aside; a failing disk (locked, full,
+read-only: real files on a real small filesystem) survived with a bounded memory queue."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import sqlite3
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.buffer import Buffer, ReadingStore
-from gateway.errors import StorageError
+from gateway.errors import StorageDeferred, StorageError
+from gateway.events import DeviceDrops, DropReason, EventKind
+from gateway.health import PartHealth
 from gateway.readings import PointValue, Quality, Reading
+from gateway.upstream.forwarder import Pace
 
 
 def reading(device: str, at_ms: int, value: float | None = 1.5) -> Reading:
@@ -68,13 +78,6 @@ def test_size_limit_keeps_the_file_bounded(tmp_path: Path):
     assert store.oldest(0, 1)[0].reading.read_at_ms == 5000 - stats.waiting
 
 
-def test_a_file_that_is_not_a_database_is_a_storage_error(tmp_path: Path):
-    path = tmp_path / "b.db"
-    path.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(StorageError, match="cannot open the buffer"):
-        ReadingStore(path, max_size=10**9, max_age_s=1e9)
-
-
 def test_wal_mode_is_on(tmp_path: Path):
     ReadingStore(tmp_path / "b.db", max_size=10**9, max_age_s=1e9).close()
     with sqlite3.connect(tmp_path / "b.db") as db:
@@ -92,3 +95,291 @@ async def test_async_buffer_wakes_the_forwarder(tmp_path: Path):
         assert (await buffer.stats()).waiting == 0
     finally:
         await buffer.close()
+
+
+# Drops are events naming the range, counted per device.
+
+
+def test_age_drop_is_an_event_naming_the_range_per_device(tmp_path: Path):
+    store = ReadingStore(tmp_path / "b.db", max_size=10**9, max_age_s=120)
+    for minute in range(6):
+        store.append(reading("m1" if minute % 2 else "m2", minute * 60_000))
+    assert store.enforce_limits(now_ms=5 * 60_000 + 30_000) == 4
+    (stored,) = store.events(0, 10)
+    event = stored.event
+    assert (event.kind, event.reason, event.seq_first, event.seq_last, event.count) == (
+        EventKind.DROPPED,
+        DropReason.MAX_AGE,
+        1,
+        4,
+        4,
+    )
+    assert event.devices == (
+        DeviceDrops("m1", 2, 60_000, 180_000),
+        DeviceDrops("m2", 2, 0, 120_000),
+    )
+    assert store.dropped_by_device() == {("m1", "max_age"): 2, ("m2", "max_age"): 2}
+    store.delete_events([stored.event_id or 0])
+    assert store.events(0, 10) == []
+
+
+def test_size_drops_are_events_that_account_for_every_dropped_number(tmp_path: Path):
+    store = ReadingStore(tmp_path / "b.db", max_size=200_000, max_age_s=1e9)
+    for i in range(5000):
+        store.append(reading(f"meter-{i % 3}", i))
+    events = [e.event for e in store.events(0, 1000)]
+    assert events
+    assert {e.reason for e in events} == {DropReason.MAX_SIZE}
+    # The ranges follow one another, oldest first, and the counts add up to what was dropped.
+    waiting = {r.seq for r in store.oldest(0, 10_000)}
+    named: set[int] = set()
+    for event in events:
+        assert event.seq_first is not None
+        assert event.seq_last is not None
+        named |= set(range(event.seq_first, event.seq_last + 1))
+    assert named == set(range(1, 5001)) - waiting
+    assert sum(e.count for e in events) == store.stats().dropped == len(named)
+
+
+# Group commit.
+
+
+async def test_appends_from_many_devices_share_one_commit(tmp_path: Path):
+    buffer = await Buffer.open(tmp_path / "b.db", 10**9, 1e9, commit_delay=0.05)
+    try:
+        seqs = await asyncio.gather(*(buffer.append(reading(f"m{i % 7}", i)) for i in range(70)))
+        assert sorted(seqs) == list(range(1, 71))
+        # All were submitted in one step of the loop: one group, one transaction.
+        assert (buffer.groups_committed, buffer.readings_committed) == (1, 70)
+        # On disk, seen by another connection, when the submitters returned.
+        with contextlib.closing(sqlite3.connect(tmp_path / "b.db")) as db:
+            assert db.execute("SELECT count(*) FROM readings").fetchone()[0] == 70
+        # Submitted one after another, each waits for its own group.
+        assert await buffer.append(reading("m1", 100)) == 71
+        assert buffer.groups_committed == 2
+    finally:
+        await buffer.close()
+
+
+# A damaged or unusable file at the buffer's path.
+
+
+def write_garbage(path: Path) -> None:
+    path.write_bytes(b"this is not sqlite" * 100)
+
+
+def make_directory(path: Path) -> None:
+    path.mkdir()
+    (path / "inside").write_text("someone's file")
+
+
+def damage_pages(path: Path) -> None:
+    store = ReadingStore(path, max_size=10**9, max_age_s=1e9)
+    for i in range(3000):
+        store.append(reading("m1", i))
+    store.close()
+    with path.open("r+b") as file:
+        # Past the first pages (header, schema): the rows' b-tree pages, overwritten.
+        file.seek(4096 * 6)
+        file.write(b"\xa5" * 4096 * 4)
+
+
+@pytest.mark.parametrize(
+    ("spoil", "numbers_known"),
+    [(write_garbage, False), (make_directory, False), (damage_pages, True)],
+    ids=["garbage", "directory", "damaged-pages"],
+)
+def test_an_unusable_file_is_moved_aside_and_a_fresh_one_started(
+    tmp_path: Path, spoil: Callable[[Path], None], numbers_known: bool
+):
+    path = tmp_path / "b.db"
+    spoil(path)
+    store = ReadingStore(path, max_size=10**9, max_age_s=1e9)
+    try:
+        aside = [p for p in tmp_path.iterdir() if p.name.startswith("b.db.damaged-")]
+        assert len(aside) >= 1, list(tmp_path.iterdir())
+        assert store.replaced is not None
+        (stored,) = store.events(0, 10)
+        assert stored.event.kind is EventKind.BUFFER_REPLACED
+        assert "moved to b.db.damaged-" in (stored.event.detail or "")
+        seq = store.append(reading("m1", 1))
+        if numbers_known:
+            # Numbering goes on after the newest the old file had given.
+            assert seq == 3001
+            assert stored.event.seq_last == 3000
+        else:
+            # Nothing tells the old numbers: go on beyond any it can have given.
+            assert seq > 10**15
+    finally:
+        store.close()
+    # The next start finds a healthy file and replaces nothing.
+    again = ReadingStore(path, max_size=10**9, max_age_s=1e9)
+    assert again.replaced is None
+    again.close()
+
+
+# A failing disk: the memory queue.
+
+
+@contextlib.contextmanager
+def held_write_lock(path: Path) -> Iterator[Callable[[], None]]:
+    """Another process's connection holding the write lock: every write of the buffer waits
+    for its busy timeout and fails with "database is locked"."""
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+
+    def release() -> None:
+        if locker.in_transaction:
+            locker.execute("ROLLBACK")
+
+    try:
+        yield release
+    finally:
+        release()
+        locker.close()
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - the state changes on the buffer's thread
+            await asyncio.sleep(0.02)
+
+
+def rows(path: Path) -> list[tuple[int, str, int]]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return db.execute("SELECT seq, device, read_at_ms FROM readings ORDER BY seq").fetchall()
+
+
+async def test_a_locked_database_holds_readings_in_memory_up_to_the_bound(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    path = tmp_path / "b.db"
+    storing = PartHealth("storing", "readings wait in memory")
+    buffer = await Buffer.open(path, 10**9, 1e9, memory_queue=5, storing=storing)
+    try:
+        assert await buffer.append(reading("a", 1)) == 1
+        with held_write_lock(path) as release:
+            for at_ms in range(2, 10):  # 8 readings, 5 fit in memory
+                with pytest.raises(StorageDeferred, match="database is locked"):
+                    await buffer.append(reading("a" if at_ms % 2 else "b", at_ms))
+            assert storing.up is False
+            assert buffer.held == 5
+            assert buffer.memory_dropped == 3
+            release()
+            await eventually(lambda: storing.up is True)
+        # The newest five were written, in order, numbered on disk after the first.
+        assert rows(path) == [(1, "a", 1)] + [
+            (seq, "a" if at % 2 else "b", at)
+            for seq, at in zip(range(2, 7), range(5, 10), strict=True)
+        ]
+        events = [e.event for e in await buffer.events(0, 10)]
+        kinds = [e.kind for e in events]
+        assert kinds == [EventKind.DROPPED, EventKind.BUFFER_FAILING, EventKind.BUFFER_RECOVERED]
+        drop = events[0]
+        assert drop.reason is DropReason.MEMORY_BOUND
+        assert drop.devices == (DeviceDrops("a", 1, 3, 3), DeviceDrops("b", 2, 2, 4))
+        assert (drop.seq_first, drop.seq_last) == (None, None)
+        assert "5 reading(s) held in memory written, 3 dropped" in (events[2].detail or "")
+        # Appends are durable again, one group each.
+        assert await buffer.append(reading("a", 10)) == 7
+    finally:
+        await buffer.close()
+    assert sum("storing failed" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB filesystem (tmpfs with a size limit), unmounted at the end."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mount_point)],
+        check=True,
+    )
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def remount(mount_point: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(mount_point)], check=True)
+
+
+def fill(directory: Path) -> Path:
+    """Fill the filesystem of ``directory`` to the last byte with one file."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for chunk in (65536, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * chunk)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def big_reading(number: int) -> Reading:
+    points = tuple(PointValue(f"point_{i}", float(number) + i / 7, "kWh") for i in range(40))
+    return Reading(f"m{number % 3}", number, points)
+
+
+async def test_a_full_filesystem_is_survived_and_writing_resumes(small_fs: Path):
+    path = small_fs / "b.db"
+    storing = PartHealth("storing", "readings wait in memory")
+    buffer = await Buffer.open(path, 10**9, 1e9, memory_queue=100_000, storing=storing)
+    try:
+        submitted = 0
+        for _ in range(20):
+            submitted += 1
+            await buffer.append(big_reading(submitted))
+        filler = fill(small_fs)
+        deferred = 0
+        # Bounded: the WAL's room runs out after a few hundred kilobytes at most.
+        while deferred < 50 and submitted < 5000:
+            submitted += 1
+            try:
+                await buffer.append(big_reading(submitted))
+            except StorageDeferred:
+                deferred += 1
+        assert storing.up is False, "the disk never filled"
+        assert "full" in (storing.last_error or "")
+        assert buffer.held > 0
+        filler.unlink()
+        await eventually(lambda: storing.up is True and buffer.held == 0)
+    finally:
+        await buffer.close()
+    stored = rows(path)
+    # Nothing lost, numbered in the order submitted, no number skipped.
+    assert [at for _, _, at in stored] == list(range(1, submitted + 1))
+    assert [seq for seq, _, _ in stored] == list(range(1, submitted + 1))
+
+
+async def test_a_read_only_filesystem_at_start_is_survived_and_writing_begins(small_fs: Path):
+    remount(small_fs, "ro")
+    path = small_fs / "b.db"
+    storing = PartHealth("storing", "readings wait in memory")
+    buffer = await Buffer.open(path, 10**9, 1e9, storing=storing)
+    try:
+        assert storing.up is False
+        assert "is not writable" in (storing.last_error or "")
+        for number in range(1, 11):
+            with pytest.raises(StorageDeferred):
+                await buffer.append(big_reading(number))
+        with pytest.raises(StorageError, match="not open"):
+            await buffer.oldest(0, 10)
+        remount(small_fs, "rw")
+        await eventually(lambda: storing.up is True and buffer.held == 0)
+        assert [r.reading.read_at_ms for r in await buffer.oldest(0, 100)] == list(range(1, 11))
+    finally:
+        await buffer.close()
+
+
+def test_the_pace_of_the_backlog_counts_tokens_not_time():
+    pace = Pace(rate=10, burst=5, now=100.0)
+    assert pace.take(5, now=100.0) == 0
+    assert pace.wait() == pytest.approx(0.1)
+    assert pace.take(5, now=100.35) == 3
+    assert pace.take(5, now=110.0) == 5  # never more than the burst
+    assert Pace(rate=0, burst=5, now=0).take(1000, now=0) == 1000

@@ -4,8 +4,6 @@ key; the quantities people write parse; the committed JSON Schema is current."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ from drivers.modbus.config import ModbusDevice
 from gateway.config.fields import parse_duration, parse_size
 from gateway.config.loader import config_json_schema_text, load_config, parse_config
 from gateway.errors import ConfigError
-from tests.harness import REPO
+from tests.harness import REPO, run_fieldgate
 
 CASES = sorted(p for p in (Path(__file__).parent / "config_cases").iterdir() if p.is_dir())
 
@@ -26,21 +24,10 @@ def case_text(name: str) -> str:
     return (Path(__file__).parent / "config_cases" / name / "config.yaml").read_text()
 
 
-def fieldgate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize("case", CASES, ids=[p.name for p in CASES])
 def test_bad_config_names_file_line_and_key(case: Path):
     expected = (case / "expected.txt").read_text().strip()
-    result = fieldgate("check", str(case / "config.yaml"))
+    result = run_fieldgate("check", str(case / "config.yaml"))
     assert result.returncode == 78, result.stderr
     assert result.stdout == ""
     assert f"{case / 'config.yaml'}:" in result.stderr
@@ -50,7 +37,7 @@ def test_bad_config_names_file_line_and_key(case: Path):
 def test_run_with_bad_config_exits_78_before_doing_anything(tmp_path: Path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(case_text("unknown_key"))
-    result = fieldgate("run", "-c", str(bad))
+    result = run_fieldgate("run", "-c", str(bad))
     assert result.returncode == 78
     assert "configuration is not valid" in result.stderr
 
@@ -60,14 +47,14 @@ def test_unusable_buffer_path_is_reported_not_a_traceback(tmp_path: Path):
     config = tmp_path / "fieldgate.yaml"
     text = case_text("unknown_key").replace("  hots: broker.local\n", "")
     config.write_text(text.replace("/tmp/fieldgate-test-buffer.db", str(tmp_path / "a-file/b.db")))
-    result = fieldgate("run", "-c", str(config))
+    result = run_fieldgate("run", "-c", str(config))
     assert result.returncode == 73
     assert f"cannot open the buffer {tmp_path / 'a-file/b.db'}" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path):
-    result = fieldgate("check", str(tmp_path / "nope.yaml"))
+    result = run_fieldgate("check", str(tmp_path / "nope.yaml"))
     assert result.returncode == 78
     assert "nope.yaml: cannot read the config file: No such file or directory" in result.stderr
 
@@ -84,7 +71,7 @@ def test_example_configs_are_valid():
     for example in sorted((REPO / "examples").glob("*.yaml")):
         config = load_config(example)
         assert config.devices, example
-    result = fieldgate("check", str(REPO / "examples" / "demo.yaml"))
+    result = run_fieldgate("check", str(REPO / "examples" / "demo.yaml"))
     assert result.returncode == 0
     assert "OK (2 bus(es), 2 device(s))" in result.stdout
 
@@ -149,7 +136,7 @@ def test_one_mistake_among_device_kinds_is_one_line(old: str, new: str, starts: 
 def test_committed_schema_is_current():
     committed = (REPO / "docs" / "config.schema.json").read_text()
     assert committed == config_json_schema_text(), "run: fieldgate schema > docs/config.schema.json"
-    result = fieldgate("schema")
+    result = run_fieldgate("schema")
     assert result.returncode == 0
     schema = json.loads(result.stdout)
     point = schema["$defs"]["ModbusPoint"]
@@ -207,3 +194,10 @@ def test_the_readme_config_example_is_valid():
     example = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
     config = parse_config(example, source="README.md")
     assert {bus.type for bus in config.buses} == {"modbus_tcp", "host"}
+
+
+def test_an_inline_password_is_refused_without_repeating_it():
+    result = run_fieldgate("check", str(REPO / "tests/config_cases/inline_password/config.yaml"))
+    assert result.returncode == 78
+    assert "did you mean 'password_file'" in result.stderr
+    assert "hunter2" not in result.stderr

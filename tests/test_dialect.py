@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.events import BufferedEvent, DeviceDrops, DropReason, EventKind, GatewayEvent
 from gateway.readings import BufferedReading, PointValue, Quality, Reading
 from gateway.upstream.dialect import Dialect, OutgoingMessage
 from gateway.upstream.json_dialect import JsonDialect, iso_utc_ms
@@ -143,3 +144,81 @@ def test_every_reading_matches_the_schema_and_decodes_back(buffered: BufferedRea
     assert document["values"] == {
         p.name: {"value": p.value, "unit": p.unit} for p in reading.values
     }
+
+
+def test_a_historical_reading_says_so_and_a_live_one_is_unchanged():
+    buffered = BufferedReading(7, Reading("m1", 0, (PointValue("v", 1, "V"),)))
+    live = json.loads(dialect.reading(buffered).payload)
+    historical = json.loads(dialect.reading(buffered, historical=True).payload)
+    assert "historical" not in live
+    assert historical == {**live, "historical": True}
+    VALIDATOR.validate(historical)
+
+
+EVENT_SCHEMA = json.loads((REPO / "docs" / "event.schema.json").read_text())
+EVENT_VALIDATOR = jsonschema.Draft202012Validator(
+    EVENT_SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+)
+
+
+def test_a_drop_event_is_these_exact_bytes():
+    event = GatewayEvent(
+        EventKind.DROPPED,
+        1764072000123,
+        DropReason.MAX_SIZE,
+        seq_first=3,
+        seq_last=9,
+        devices=(
+            DeviceDrops("m1", 4, 1764071000000, 1764071003000),
+            DeviceDrops("m2", 2, 1764071000500, 1764071002500),
+        ),
+    )
+    message = dialect.event(BufferedEvent(12, event))
+    assert message == OutgoingMessage(
+        "site/a/gw-1/events",
+        b'{"gateway":"gw-1","event":"dropped","ts":"2025-11-25T12:00:00.123Z","id":12,'
+        b'"reason":"max_size","count":6,"devices":{"m1":{"count":4,'
+        b'"first_ts":"2025-11-25T11:43:20.000Z","last_ts":"2025-11-25T11:43:23.000Z"},'
+        b'"m2":{"count":2,"first_ts":"2025-11-25T11:43:20.500Z",'
+        b'"last_ts":"2025-11-25T11:43:22.500Z"}},"seq_first":3,"seq_last":9}',
+        retain=False,
+        qos=1,
+    )
+    EVENT_VALIDATOR.validate(json.loads(message.payload))
+
+
+event_kinds = st.sampled_from(EventKind)
+events = st.builds(
+    BufferedEvent,
+    st.none() | st.integers(min_value=1, max_value=2**62),
+    st.builds(
+        GatewayEvent,
+        event_kinds,
+        st.integers(min_value=0, max_value=LAST_MS_OF_9999),
+        st.sampled_from(DropReason),
+        st.none() | st.integers(min_value=1, max_value=2**62),
+        st.none() | st.integers(min_value=1, max_value=2**62),
+        st.lists(
+            st.builds(
+                DeviceDrops,
+                names,
+                st.integers(min_value=1, max_value=10**9),
+                st.integers(min_value=0, max_value=LAST_MS_OF_9999),
+                st.integers(min_value=0, max_value=LAST_MS_OF_9999),
+            ),
+            min_size=1,
+            max_size=4,
+            unique_by=lambda d: d.device,
+        ).map(tuple),
+        st.none() | st.text(max_size=40),
+    ),
+)
+
+
+@given(events)
+def test_every_event_matches_the_schema_and_survives_the_store(buffered: BufferedEvent):
+    document = json.loads(dialect.event(buffered).payload)
+    EVENT_VALIDATOR.validate(document)
+    assert document["event"] == buffered.event.kind.value
+    # What the buffer stores is what it reads back.
+    assert GatewayEvent.from_json(buffered.event.to_json()) == buffered.event

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -142,6 +143,8 @@ async def test_delivers_in_order_and_deletes_only_after_puback(
         "ts": "2025-11-25T12:00:00.001Z",
         "quality": "good",
         "values": {"v": {"value": 1.0, "unit": "V"}},
+        # Stored before the session began: the backlog, sent marked historical.
+        "historical": True,
     }
     assert records(caplog, "unavailable") == 1
     assert records(caplog, "reachable again") == 1
@@ -243,3 +246,76 @@ def test_a_row_that_does_not_decode_is_a_storage_error_naming_it(
         assert [r.seq for r in store.oldest(0, 1)] == [1]
     finally:
         store.close()
+
+
+async def test_live_readings_overtake_a_paced_backlog_marked_historical(
+    broker: MosquittoBroker, fleet: FleetSubscriber, tmp_path: Path
+):
+    path = tmp_path / "buffer.db"
+    buffer = await Buffer.open(path, max_size=10**9, max_age_s=1e9)
+    try:
+        parts = Parts(broker, buffer, path)
+        # A slow pace, so that the backlog is still draining when live readings come.
+        parts.forwarder = Forwarder(
+            MqttConfig(host=broker.host, port=broker.port, max_inflight=5, reconnect_max=0.5),
+            JsonDialect("fieldgate", "gw-f"),
+            buffer,
+            SystemClock(),
+            parts.uplink,
+            parts.storage,
+            gateway_id="gw-f",
+            replay_rate=5,
+        )
+        await parts.append(1, 40)  # waiting before the session: the backlog
+        async with running(parts.forwarder):
+            await eventually(lambda: len(seqs_received(fleet)) >= 1)
+            await parts.append(41, 45)  # live
+            await eventually(lambda: set(range(1, 46)) <= set(seqs_received(fleet)))
+            await eventually(lambda: rows_waiting(path) == 0)
+    finally:
+        await buffer.close()
+    received = fleet.readings()
+    historical = [r["seq"] for r in received if r.get("historical")]
+    live = [r["seq"] for r in received if not r.get("historical")]
+    assert historical == list(range(1, 41))
+    assert live == list(range(41, 46))
+    # Every live reading arrived before the backlog's last.
+    order = seqs_received(fleet)
+    assert max(order.index(seq) for seq in live) < order.index(40)
+
+
+async def test_drop_events_reach_the_event_topic_and_leave_after_puback(
+    broker: MosquittoBroker, fleet: FleetSubscriber, tmp_path: Path
+):
+    path = tmp_path / "buffer.db"
+    store = ReadingStore(path, max_size=10**9, max_age_s=60)
+    for number in range(1, 11):
+        store.append(Reading(f"m{number % 2}", number * 10_000, (PointValue("v", 1.0, "V"),)))
+    assert store.enforce_limits(now_ms=125_000) == 6  # read before 65 s: too old
+    store.close()
+    buffer = await Buffer.open(path, max_size=10**9, max_age_s=60)
+    try:
+        parts = Parts(broker, buffer, path)
+        async with running(parts.forwarder):
+            await eventually(lambda: set(range(7, 11)) <= set(seqs_received(fleet)))
+            await eventually(lambda: bool(fleet.messages(lambda t: t.endswith("/events"))))
+            await eventually(lambda: events_waiting(path) == 0)
+    finally:
+        await buffer.close()
+    (message,) = fleet.messages(lambda t: t == "fieldgate/gw-f/events")
+    document = json.loads(message.payload)
+    assert {k: document[k] for k in ("event", "reason", "seq_first", "seq_last", "count")} == {
+        "event": "dropped",
+        "reason": "max_age",
+        "seq_first": 1,
+        "seq_last": 6,
+        "count": 6,
+    }
+    assert {name: d["count"] for name, d in document["devices"].items()} == {"m0": 3, "m1": 3}
+    assert not message.retain
+
+
+def events_waiting(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        count: int = db.execute("SELECT count(*) FROM events").fetchone()[0]
+        return count

@@ -19,8 +19,9 @@ DRIVER_MAY_IMPORT_FROM_CORE = {
     "gateway.driver",
     "gateway.config.fields",
 }
-#: Libraries outside the standard library that drivers may use.
-DRIVER_LIBRARIES = {"pydantic", "pymodbus", "serial", "bleak", "dbus_fast"}
+#: Libraries outside the standard library that drivers may use (yaml: meter templates are YAML
+#: data shipped with the Modbus driver).
+DRIVER_LIBRARIES = {"pydantic", "pymodbus", "serial", "bleak", "dbus_fast", "yaml"}
 #: Standard-library modules that belong to the core's side of the seam (storage, upstream).
 CORE_SIDE_STDLIB = {"sqlite3"}
 
@@ -28,6 +29,9 @@ CORE_SIDE_STDLIB = {"sqlite3"}
 CORE_LIBRARIES = {"pydantic", "pydantic_core", "yaml"}
 CORE_LIBRARY_ROOMS = {
     "paho": {"gateway/upstream/session.py"},
+    "prometheus_client": {"gateway/metrics.py"},
+    # `fieldgate buffer export`, on a read-only connection beside the daemon.
+    "sqlite_utils": {"gateway/buffer_report.py"},
     # The one table of drivers, for the config models and for opening buses by type.
     "drivers.catalog": {"gateway/config/model.py", "gateway/service.py", "gateway/cli.py"},
 }

@@ -5,14 +5,22 @@ from __future__ import annotations
 import itertools
 import math
 import struct
+from decimal import Decimal
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.modbus.config import ModbusPoint, RegisterType, ValueType, WordOrder
-from drivers.modbus.decode import decode_registers, scale_value
-from drivers.modbus.plan import plan_requests
+from drivers.modbus.config import (
+    BIT_TABLES,
+    ByteOrder,
+    ModbusPoint,
+    RegisterType,
+    ValueType,
+    WordOrder,
+)
+from drivers.modbus.decode import decode_point, decode_registers, scale_value, shortest_float32
+from drivers.modbus.plan import ReadRequest, plan_requests
 
 FORMATS = {
     ValueType.U16: (">H", st.integers(0, 2**16 - 1)),
@@ -26,23 +34,82 @@ FORMATS = {
 }
 
 
-def registers_for(fmt: str, value: float, word_order: WordOrder) -> list[int]:
-    """What a meter puts on the wire: big-endian bytes in 16-bit words, words reversed for
-    little word order. Written without the decoder's code."""
+def registers_for(
+    fmt: str, value: float, word_order: WordOrder, byte_order: ByteOrder = ByteOrder.BIG
+) -> list[int]:
+    """What a meter puts on the wire: big-endian bytes in 16-bit words (swapped for little
+    byte order), words reversed for little word order. Written without the decoder's code."""
     raw = struct.pack(fmt, value)
-    words = [raw[i] << 8 | raw[i + 1] for i in range(0, len(raw), 2)]
+    if byte_order is ByteOrder.LITTLE:
+        words = [raw[i + 1] << 8 | raw[i] for i in range(0, len(raw), 2)]
+    else:
+        words = [raw[i] << 8 | raw[i + 1] for i in range(0, len(raw), 2)]
     return words[::-1] if word_order is WordOrder.LITTLE else words
 
 
-@pytest.mark.parametrize("value_type", list(ValueType))
+@pytest.mark.parametrize("value_type", list(FORMATS))
 @pytest.mark.parametrize("word_order", list(WordOrder))
+@pytest.mark.parametrize("byte_order", list(ByteOrder))
 @given(data=st.data())
-def test_decode_matches_struct(value_type: ValueType, word_order: WordOrder, data: st.DataObject):
+def test_decode_matches_struct(
+    value_type: ValueType, word_order: WordOrder, byte_order: ByteOrder, data: st.DataObject
+):
     fmt, values = FORMATS[value_type]
     value = data.draw(values)
-    decoded = decode_registers(registers_for(fmt, value, word_order), value_type, word_order)
-    assert decoded == value
+    registers = registers_for(fmt, value, word_order, byte_order)
+    decoded = decode_registers(registers, value_type, word_order, byte_order)
     assert type(decoded) is type(value)
+    if value_type is ValueType.F32:
+        # The same float32, written as the shortest decimal that is it.
+        assert struct.pack(fmt, decoded) == struct.pack(fmt, value)
+    else:
+        assert decoded == value
+
+
+def test_the_four_orders_of_a_32_bit_value():
+    # 0x41200000 is 10.0: ABCD, CDAB, BADC, DCBA.
+    assert decode_registers([0x4120, 0x0000], ValueType.F32, WordOrder.BIG) == 10.0
+    assert decode_registers([0x0000, 0x4120], ValueType.F32, WordOrder.LITTLE) == 10.0
+    assert (
+        decode_registers([0x2041, 0x0000], ValueType.F32, WordOrder.BIG, ByteOrder.LITTLE) == 10.0
+    )
+    assert (
+        decode_registers([0x0000, 0x2041], ValueType.F32, WordOrder.LITTLE, ByteOrder.LITTLE)
+        == 10.0
+    )
+
+
+def same_float32(a: float, b: float) -> bool:
+    try:
+        return struct.pack(">f", a) == struct.pack(">f", b)
+    except OverflowError:
+        return False
+
+
+@given(st.floats(width=32, allow_nan=False, allow_infinity=False))
+def test_float32_is_the_shortest_decimal_that_round_trips(value: float):
+    shortest = shortest_float32(value)
+    assert same_float32(shortest, value)
+    digits = len(Decimal(repr(shortest)).normalize().as_tuple().digits)
+    for fewer in range(1, digits):
+        assert not same_float32(float(f"{value:.{fewer}g}"), value)
+
+
+def test_what_a_meter_meant():
+    assert (
+        decode_registers(registers_for(">f", 229.01, WordOrder.BIG), ValueType.F32, WordOrder.BIG)
+        == 229.01
+    )
+    assert repr(scale_value(3992, 0.1, 0.0)) == "399.2"
+    assert repr(scale_value(12345, 0.01, 0.0)) == "123.45"
+    assert repr(scale_value(7, 0.001, -0.5)) == "-0.493"
+
+
+@given(raw=st.integers(-(2**31), 2**31 - 1), places=st.integers(0, 4))
+def test_scaled_integers_carry_the_decimals_of_their_scale(raw: int, places: int):
+    scale = 10.0**-places
+    value = scale_value(raw, scale, 0.0)
+    assert value == float(f"{raw * scale:.{places}f}")
 
 
 def test_known_register_images():
@@ -65,7 +132,7 @@ def test_wrong_register_count_is_an_error():
 
 def test_scaling_keeps_integers_exact_unless_scaled():
     assert scale_value(2**63 - 1, 1.0, 0.0) == 2**63 - 1
-    assert scale_value(1234, 0.1, 0.0) == pytest.approx(123.4)
+    assert scale_value(1234, 0.1, 0.0) == 123.4
     assert scale_value(10, 2.0, -5.0) == 15.0
 
 
@@ -100,7 +167,7 @@ def test_tables_are_never_mixed():
 
 point_specs = st.lists(
     st.tuples(
-        st.integers(0, 400), st.sampled_from(list(ValueType)), st.sampled_from(list(RegisterType))
+        st.integers(0, 400), st.sampled_from(list(FORMATS)), st.sampled_from(list(RegisterType))
     ),
     min_size=1,
     max_size=40,
@@ -110,14 +177,16 @@ point_specs = st.lists(
 @given(specs=point_specs, max_gap=st.integers(0, 20))
 def test_plan_covers_every_point_within_limits(specs, max_gap):
     points = [
-        point(f"p{i}", address, str(value_type), str(register))
+        point(
+            f"p{i}", address, "bool" if register in BIT_TABLES else str(value_type), str(register)
+        )
         for i, (address, value_type, register) in enumerate(specs)
     ]
     requests = plan_requests(points, max_gap=max_gap)
     covered = [p.name for r in requests for p in r.points]
     assert sorted(covered) == sorted(p.name for p in points)
     for request in requests:
-        assert 1 <= request.count <= 125
+        assert 1 <= request.count <= (2000 if request.register_type in BIT_TABLES else 125)
         for p in request.points:
             assert p.register_type is request.register_type
             assert request.address <= p.address
@@ -130,4 +199,37 @@ def test_plan_covers_every_point_within_limits(specs, max_gap):
         for first, second in itertools.pairwise(ordered):
             gap = second.address - (first.address + first.count)
             span = second.address + second.count - first.address
-            assert gap > max_gap or span > 125
+            limit = 2000 if register_type in BIT_TABLES else 125
+            assert gap > max_gap or span > limit
+
+
+def test_bits_of_registers_and_bit_tables():
+    flags = ModbusPoint.model_validate({"name": "f", "address": 0, "type": "u16", "bit": 3})
+    assert decode_point(flags, [0b1000]) == 1
+    assert decode_point(flags, [0b0111]) == 0
+    coil = point("c", 5, "bool", "coil")
+    assert decode_point(coil, [True]) == 1
+
+
+def test_bool_belongs_to_bit_tables_only():
+    with pytest.raises(ValueError, match="coil and discrete_input points have type bool"):
+        point("c", 0, "u16", "coil")
+    with pytest.raises(ValueError, match="type bool is for coil"):
+        point("c", 0, "bool", "holding")
+
+
+@given(specs=point_specs)
+def test_plan_is_never_slower_on_the_wire_than_one_request_per_point(specs):
+    # On a serial line the bus allows gaps only up to what a second transaction would cost
+    # (~20 characters of framing and silences, 2 characters a register): 10 registers.
+    points = [
+        point(f"p{i}", address, str(value_type), str(register))
+        for i, (address, value_type, register) in enumerate(specs)
+        if register not in BIT_TABLES
+    ]
+
+    def chars(requests: list[ReadRequest]) -> int:
+        return sum(20 + 2 * r.count for r in requests)
+
+    one_each = sum(20 + 2 * p.register_count for p in points)
+    assert chars(plan_requests(points, max_gap=10)) <= one_each

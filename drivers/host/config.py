@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from gateway.config.fields import BusBase, DeviceBase
+from gateway.config.fields import BusBase, DeviceBase, LocalPath
 
 
 class HostMetric(StrEnum):
@@ -43,7 +43,7 @@ class HostDevice(DeviceBase):
         min_length=1,
         description="The values to report; default all. Those this machine lacks are left out",
     )
-    filesystem: Path = Field(
+    filesystem: LocalPath = Field(
         default=Path("/var/lib/fieldgate"),
         description=(
             "A directory whose filesystem's free space is reported: make it the buffer's "

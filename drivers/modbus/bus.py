@@ -1,30 +1,41 @@
-"""A Modbus bus: one client connection shared by the devices behind it, used one request at a
-time, re-made with backoff when it breaks. Transport-independent: TCP, RTU and RTU-over-TCP
-differ only in the client they build (see :mod:`.tcp`)."""
+"""A Modbus bus: one line (:class:`~drivers.modbus.link.ModbusLink`) shared by the slaves behind
+it, used one transaction at a time, with a circuit breaker per slave so that one dead meter
+cannot stall the others. Transport-independent: TCP, RTU and RTU-over-TCP differ only in the link
+they build (see :mod:`.tcp`, :mod:`.rtu`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-from pymodbus.client.base import ModbusBaseClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-
-from drivers.modbus.config import ModbusDevice, RegisterType
-from drivers.modbus.decode import decode_registers, scale_value
+from drivers.modbus.config import ModbusDevice, ModbusPoint, RegisterType
+from drivers.modbus.decode import decode_point
+from drivers.modbus.link import MalformedAnswer, ModbusExceptionError, ModbusLink
+from drivers.modbus.pdu import (
+    FunctionCode,
+    Request,
+    bits_of,
+    read_request,
+    registers_of,
+    write_coil_request,
+    write_coils_request,
+    write_register_request,
+    write_registers_request,
+)
 from drivers.modbus.plan import ReadRequest, plan_requests
 from gateway.backoff import Backoff
 from gateway.clock import Clock, epoch_ms
-from gateway.errors import DeviceProtocolError, DeviceTimeout, DeviceUnreachable
+from gateway.errors import DeviceError, DeviceProtocolError, DeviceTimeout
 from gateway.readings import PointValue, Reading, reading_from_values
 
 log = logging.getLogger(__name__)
 
 #: Modbus exception codes, for error messages a technician can act on.
-_EXCEPTION_NAMES = {
+EXCEPTION_NAMES = {
     1: "illegal function",
     2: "illegal data address",
     3: "illegal data value",
@@ -34,27 +45,78 @@ _EXCEPTION_NAMES = {
     10: "gateway path unavailable",
     11: "gateway target device failed to respond",
 }
+_ILLEGAL_ADDRESS = 2
+#: Acknowledge and busy: the device asks to be asked again shortly.
+_ASK_AGAIN = frozenset({5, 6})
+_ASK_AGAIN_TRIES = 2
+_ASK_AGAIN_DELAY = 0.05
+_READS = frozenset(
+    {
+        FunctionCode.READ_COILS,
+        FunctionCode.READ_DISCRETE_INPUTS,
+        FunctionCode.READ_HOLDING_REGISTERS,
+        FunctionCode.READ_INPUT_REGISTERS,
+    }
+)
+
+FUNCTION_CODE_OF: dict[RegisterType, FunctionCode] = {
+    RegisterType.COIL: FunctionCode.READ_COILS,
+    RegisterType.DISCRETE_INPUT: FunctionCode.READ_DISCRETE_INPUTS,
+    RegisterType.HOLDING: FunctionCode.READ_HOLDING_REGISTERS,
+    RegisterType.INPUT: FunctionCode.READ_INPUT_REGISTERS,
+}
+
+
+@dataclass(slots=True)
+class SlaveState:
+    """The circuit breaker and counters of one unit id on a bus, shared by every device config
+    that names it. After a timeout the request is retried once; if that times out too the slave
+    is backed off (capped, jittered) and polls inside the window fail at once without touching
+    the line; after the window one request is tried, without retry."""
+
+    backoff: Backoff
+    timeouts: int = 0
+    skipped_polls: int = 0
+    malformed: int = 0
+    in_malformed_episode: bool = False
+    counters: dict[str, int] = field(default_factory=dict)
 
 
 class ModbusBus:
-    """Owns the client of one bus. Devices on it are read one at a time: a Modbus line (and
-    most TCP gateways in front of one) handles one transaction at a time."""
+    """The line and the slaves on it. Devices are read one at a time: a Modbus line (and most
+    TCP gateways in front of one) handles one transaction at a time."""
 
     def __init__(
         self,
-        describe: str,
-        make_client: Callable[[], ModbusBaseClient],
+        link: ModbusLink,
         devices: Sequence[ModbusDevice],
         clock: Clock,
-        reconnect_max: float,
+        *,
+        slave_backoff_base: float = 1.0,
+        slave_backoff_max: float = 60.0,
+        rand: Callable[[], float] | None = None,
     ) -> None:
-        self._describe = describe
-        self._make_client = make_client
+        self.link = link
         self._clock = clock
-        self._client: ModbusBaseClient | None = None
         self._lock = asyncio.Lock()
-        self._backoff = Backoff(base=0.5, cap=reconnect_max)
+        self.slaves: dict[int, SlaveState] = {}
+        for device in devices:
+            if device.unit_id not in self.slaves:
+                backoff = (
+                    Backoff(slave_backoff_base, slave_backoff_max)
+                    if rand is None
+                    else Backoff(slave_backoff_base, slave_backoff_max, rand)
+                )
+                self.slaves[device.unit_id] = SlaveState(backoff)
         self._devices = [ModbusPolledDevice(self, device) for device in devices]
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def describe(self) -> str:
+        return self.link.describe
 
     @property
     def devices(self) -> Sequence[ModbusPolledDevice]:
@@ -69,128 +131,248 @@ class ModbusBus:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._drop_connection()
+        self.link.close()
 
-    async def read(self, device: ModbusDevice, requests: Sequence[ReadRequest]) -> Reading:
+    def _slave(self, unit: int) -> SlaveState:
+        if unit not in self.slaves:
+            self.slaves[unit] = SlaveState(Backoff(1.0, 60.0))
+        return self.slaves[unit]
+
+    async def read_points(
+        self, device: ModbusPolledDevice
+    ) -> tuple[list[PointValue], dict[str, str]]:
+        """Read every point of ``device`` not known to be refused: values in the device's point
+        order, and the reason for each value that is missing."""
+        config = device.config
+        slave = self._slave(config.unit_id)
         async with self._lock:
-            client = await self._connected_client()
-            read_at_ms = epoch_ms(self._clock)
-            values: list[PointValue] = []
-            refused: list[str] = []
-            for request in requests:
+            self._check_breaker(slave, config.unit_id)
+            probing = slave.backoff.failures > 0
+            decoded: dict[str, int | float | None] = {}
+            missing: dict[str, str] = dict(device.refused)
+            clean = True
+            for request in device.requests:
                 try:
-                    registers = await self._execute(client, device, request)
-                except DeviceProtocolError as exc:
-                    # The device is there but refused this block: the other blocks still count.
-                    refused.append(str(exc))
-                    values += [PointValue(p.name, None, p.unit) for p in request.points]
+                    data = await self._guarded(slave, config.unit_id, request, retry=not probing)
+                except ModbusExceptionError as exc:
+                    if exc.code == _ILLEGAL_ADDRESS:
+                        await self._split_refused(device, slave, request, decoded, missing)
+                    else:
+                        missing.update((p.name, str(exc)) for p in request.points)
                     continue
-                values += [
-                    PointValue(
-                        point.name,
-                        scale_value(
-                            decode_registers(
-                                request.registers_of(point, registers), point.type, point.word_order
-                            ),
-                            point.scale,
-                            point.offset,
-                        ),
-                        point.unit,
-                    )
-                    for point in request.points
-                ]
-            if len(refused) == len(requests):
-                raise DeviceProtocolError("; ".join(refused))
-            return reading_from_values(device.name, read_at_ms, tuple(values))
-
-    async def _connected_client(self) -> ModbusBaseClient:
-        if self._client is not None and self._client.connected:
-            return self._client
-        self._drop_connection()
-        now = self._clock.monotonic()
-        if not self._backoff.may_attempt(now):
-            wait = self._backoff.next_attempt_at - now
-            raise DeviceUnreachable(f"{self._describe}: not connected; next attempt in {wait:.1f}s")
-        client = self._make_client()
-        try:
-            connected = await client.connect()
-        except (OSError, ModbusException) as exc:
-            connected = False
-            log.debug("connect to %s failed: %s", self._describe, exc)
-        if not connected:
-            client.close()
-            delay = self._backoff.failed(self._clock.monotonic())
-            raise DeviceUnreachable(
-                f"{self._describe}: cannot connect; next attempt in {delay:.1f}s"
-            )
-        self._backoff.succeeded()
-        self._client = client
-        return client
-
-    async def _execute(
-        self, client: ModbusBaseClient, device: ModbusDevice, request: ReadRequest
-    ) -> list[int]:
-        read = (
-            client.read_holding_registers
-            if request.register_type is RegisterType.HOLDING
-            else client.read_input_registers
-        )
-        try:
-            response = await read(request.address, count=request.count, device_id=device.unit_id)
-        except ConnectionException as exc:
-            self._drop_connection()
-            what = self._what(device, request)
-            raise DeviceUnreachable(f"{what}: connection lost ({exc})") from exc
-        except ModbusIOException as exc:
-            # No answer in time, or an answer to another request: either way the line is in an
-            # unknown state, so the next read starts on a fresh connection.
-            self._drop_connection()
-            what = self._what(device, request)
-            raise DeviceTimeout(f"{what}: no valid answer within the timeout") from exc
-        except ModbusException as exc:
-            raise DeviceProtocolError(f"{self._what(device, request)}: {exc}") from exc
-        if response.isError():
-            code = getattr(response, "exception_code", 0)
-            name = _EXCEPTION_NAMES.get(code, "unknown exception")
-            what = self._what(device, request)
-            raise DeviceProtocolError(f"{what}: exception {code} ({name})")
-        registers = list(response.registers)
-        if len(registers) != request.count:
+                except MalformedAnswer as exc:
+                    # Never a value: this block's points are missing this time, with the reason.
+                    missing.update((p.name, str(exc)) for p in request.points)
+                    clean = False
+                    continue
+                decoded.update(_decode_block(request, data))
+            slave.backoff.succeeded()
+            if clean:
+                slave.in_malformed_episode = False
+        values = [PointValue(p.name, decoded.get(p.name), p.unit) for p in config.points]
+        if not decoded and missing:
             raise DeviceProtocolError(
-                f"{self._what(device, request)}: answered {len(registers)} registers "
-                f"instead of {request.count}"
+                f"unit {config.unit_id} on {self.describe}: no point could be read: "
+                + "; ".join(f"{name}: {why}" for name, why in sorted(missing.items()))
             )
-        return registers
+        return values, missing
 
-    def _what(self, device: ModbusDevice, request: ReadRequest) -> str:
-        """The request, as an error message names it (built only when there is an error)."""
-        last = request.address + request.count - 1
-        return (
-            f"{request.register_type} registers {request.address}...{last} "
-            f"of unit {device.unit_id} on {self._describe}"
-        )
+    async def _split_refused(
+        self,
+        device: ModbusPolledDevice,
+        slave: SlaveState,
+        request: ReadRequest,
+        decoded: dict[str, int | float | None],
+        missing: dict[str, str],
+    ) -> None:
+        """The device refused a block: read its points one by one, remember those it refuses
+        (not asked again; a restart asks again) and keep the rest."""
+        unit = device.config.unit_id
+        answered = False
+        for point in request.points:
+            single = ReadRequest(
+                request.register_type, point.address, point.register_count, (point,)
+            )
+            if len(request.points) > 1:
+                try:
+                    data = await self._guarded(slave, unit, single, retry=True)
+                except ModbusExceptionError as exc:
+                    if exc.code != _ILLEGAL_ADDRESS:
+                        missing[point.name] = str(exc)
+                        continue
+                except MalformedAnswer as exc:
+                    missing[point.name] = str(exc)
+                    continue
+                else:
+                    decoded.update(_decode_block(single, data))
+                    answered = True
+                    continue
+            last = point.address + point.register_count - 1
+            reason = (
+                f"{request.register_type} {point.address}..{last}: refused by the meter, "
+                "exception 2 (illegal data address)"
+            )
+            missing[point.name] = reason
+            device.refuse(point, reason)
+        if answered and request.count > sum(p.register_count for p in request.points):
+            # Its points answer one by one: what the meter refused was the unused registers
+            # the block read across. Read this device without gaps from now on.
+            device.forbid_gaps()
 
-    def _drop_connection(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+    def _check_breaker(self, slave: SlaveState, unit: int) -> None:
+        now = self._clock.monotonic()
+        if slave.backoff.failures and not slave.backoff.may_attempt(now):
+            slave.skipped_polls += 1
+            wait = slave.backoff.next_attempt_at - now
+            raise DeviceTimeout(
+                f"unit {unit} on {self.describe} is not answering; next attempt in {wait:.1f}s"
+            )
+
+    async def _guarded(
+        self, slave: SlaveState, unit: int, request: ReadRequest, retry: bool
+    ) -> bytes:
+        """One request through the slave's breaker: a timeout is retried once (``retry``),
+        then the slave is backed off; busy/acknowledge is asked again shortly."""
+        pdu = read_request(FUNCTION_CODE_OF[request.register_type], request.address, request.count)
+        return await self.transact(slave, unit, pdu, retry)
+
+    async def transact(self, slave: SlaveState, unit: int, pdu: Request, retry: bool) -> bytes:
+        attempts = 2 if retry else 1
+        busy = 0
+        garbled = 0
+        while True:
+            try:
+                return await self.link.transact(unit, pdu)
+            except DeviceTimeout as exc:
+                slave.timeouts += 1
+                attempts -= 1
+                if attempts > 0:
+                    continue
+                delay = slave.backoff.failed(self._clock.monotonic())
+                raise DeviceTimeout(f"{exc}; next attempt in {delay:.1f}s") from None
+            except ModbusExceptionError as exc:
+                if exc.code in _ASK_AGAIN and busy < _ASK_AGAIN_TRIES:
+                    busy += 1
+                    await asyncio.sleep(_ASK_AGAIN_DELAY * busy)
+                    continue
+                name = EXCEPTION_NAMES.get(exc.code, "unknown exception")
+                raise ModbusExceptionError(
+                    f"{describe_request(pdu)} of unit {unit} on {self.describe}: "
+                    f"exception {exc.code} ({name})",
+                    exc.code,
+                ) from None
+            except MalformedAnswer as exc:
+                slave.malformed += 1
+                if not slave.in_malformed_episode:
+                    slave.in_malformed_episode = True
+                    log.warning("%s (logged once until the unit answers well again)", exc)
+                # A frame hit by line noise is asked for once more (reads are idempotent; a
+                # write is not repeated): 1 % CRC errors then cost 0.01 % of the polls.
+                if garbled == 0 and pdu.function_code in _READS:
+                    garbled += 1
+                    continue
+                raise
+
+    async def write(self, unit: int, pdu: Request, read_back: Request, expect: bytes) -> None:
+        """Write, then read the written range back and compare: a device that acknowledges a
+        write but keeps the old value (a read-only register, a locked setting) is an error."""
+        slave = self._slave(unit)
+        async with self._lock:
+            await self.transact(slave, unit, pdu, retry=False)
+            got = await self.transact(slave, unit, read_back, retry=True)
+        if got != expect:
+            raise DeviceProtocolError(
+                f"{describe_request(pdu)} of unit {unit} on {self.describe}: acknowledged, "
+                "but reading it back gives another value"
+            )
+
+
+def describe_request(request: Request) -> str:
+    last = request.address + request.count - 1
+    return f"{request.function_code.name.lower()} {request.address}..{last}"
+
+
+def _decode_block(request: ReadRequest, data: bytes) -> dict[str, int | float | None]:
+    if request.register_type in {RegisterType.COIL, RegisterType.DISCRETE_INPUT}:
+        bits = bits_of(data, request.count)
+        return {
+            p.name: decode_point(p, bits[p.address - request.address :]) for p in request.points
+        }
+    registers = registers_of(data)
+    return {p.name: decode_point(p, request.registers_of(p, registers)) for p in request.points}
 
 
 class ModbusPolledDevice:
-    """One Modbus device, with its read requests planned once at start."""
+    """One Modbus device, with its read requests planned once at start (and again when the
+    meter refuses part of them)."""
 
     def __init__(self, bus: ModbusBus, config: ModbusDevice) -> None:
         self._bus = bus
-        self._config = config
-        self._requests = plan_requests(config.points, max_gap=config.max_gap)
+        self.config = config
+        self.refused: dict[str, str] = {}
+        self._gaps_allowed = True
+        self._requests = self._plan()
+        #: Why each missing value of the last reading is missing (``fieldgate read`` shows it).
+        self.last_missing: dict[str, str] = {}
+
+    def _plan(self) -> list[ReadRequest]:
+        wanted = [p for p in self.config.points if p.name not in self.refused]
+        # The meter allows reading across max_gap unused registers; on a serial line that is
+        # done only where it saves wire time.
+        worth = self._bus.link.gap_worth_registers
+        max_gap = self.config.max_gap if worth is None else min(self.config.max_gap, worth)
+        if not self._gaps_allowed:
+            max_gap = 0
+        return plan_requests(wanted, max_gap=max_gap, max_registers=self.config.max_block)
+
+    def refuse(self, point: ModbusPoint, reason: str) -> None:
+        self.refused[point.name] = reason
+        self._requests = self._plan()
+
+    def forbid_gaps(self) -> None:
+        self._gaps_allowed = False
+        self._requests = self._plan()
 
     @property
     def name(self) -> str:
-        return self._config.name
+        return self.config.name
 
     @property
     def requests(self) -> Sequence[ReadRequest]:
         return self._requests
 
     async def read(self) -> Reading:
-        return await self._bus.read(self._config, self._requests)
+        values, self.last_missing = await self._bus.read_points(self)
+        # When the last answer arrived: no value of the reading is newer than its time.
+        return reading_from_values(self.config.name, epoch_ms(self._bus.clock), tuple(values))
+
+    # -- writes (for remote commands; not exposed in the config yet) ---------------------------
+
+    async def write_coil(self, address: int, value: bool) -> None:
+        await self.write_coils(address, [value])
+
+    async def write_coils(self, address: int, values: Sequence[bool]) -> None:
+        pdu = (
+            write_coil_request(address, values[0])
+            if len(values) == 1
+            else write_coils_request(address, values)
+        )
+        read_back = read_request(FunctionCode.READ_COILS, address, len(values))
+        packed = bytearray((len(values) + 7) // 8)
+        for index, value in enumerate(values):
+            if value:
+                packed[index // 8] |= 1 << (index % 8)
+        await self._bus.write(self.config.unit_id, pdu, read_back, bytes(packed))
+
+    async def write_registers(self, address: int, values: Sequence[int]) -> None:
+        pdu = (
+            write_register_request(address, values[0])
+            if len(values) == 1
+            else write_registers_request(address, values)
+        )
+        read_back = read_request(FunctionCode.READ_HOLDING_REGISTERS, address, len(values))
+        expect = b"".join(v.to_bytes(2, "big") for v in values)
+        await self._bus.write(self.config.unit_id, pdu, read_back, expect)
+
+
+__all__ = ["DeviceError", "ModbusBus", "ModbusPolledDevice", "SlaveState"]

@@ -7,14 +7,28 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from gateway.config.fields import BusBase, DeviceBase, Duration, Name, StrictModel
+from gateway.config.fields import (
+    AnswerTimeout,
+    BackoffCap,
+    BusBase,
+    DeviceBase,
+    HostName,
+    Name,
+    StrictModel,
+)
 
 
 class RegisterType(StrEnum):
-    """Which register table a point lives in (function code 3 or 4)."""
+    """Which table a point lives in (read with function code 1, 2, 3 or 4)."""
 
+    COIL = "coil"
+    DISCRETE_INPUT = "discrete_input"
     HOLDING = "holding"
     INPUT = "input"
+
+
+#: The tables of single bits (coils, discrete inputs), as opposed to 16-bit registers.
+BIT_TABLES = frozenset({RegisterType.COIL, RegisterType.DISCRETE_INPUT})
 
 
 class ValueType(StrEnum):
@@ -28,11 +42,21 @@ class ValueType(StrEnum):
     I64 = "i64"
     F32 = "f32"
     F64 = "f64"
+    #: One coil or discrete input (1 or 0).
+    BOOL = "bool"
 
 
 class WordOrder(StrEnum):
-    """Order of the 16-bit registers within a multi-register value. Bytes within a register
-    are always big-endian, as the Modbus specification says."""
+    """Order of the 16-bit registers within a multi-register value."""
+
+    BIG = "big"
+    LITTLE = "little"
+
+
+class ByteOrder(StrEnum):
+    """Order of the two bytes within each register: big as the Modbus specification says; a
+    few meters swap them. With word order, the four orders of a 32-bit value: ABCD (big, big),
+    CDAB (little words), BADC (little bytes), DCBA (both little)."""
 
     BIG = "big"
     LITTLE = "little"
@@ -47,6 +71,7 @@ REGISTER_COUNT: dict[ValueType, int] = {
     ValueType.U64: 4,
     ValueType.I64: 4,
     ValueType.F64: 4,
+    ValueType.BOOL: 1,
 }
 
 #: The largest register count one read request may ask for (Modbus application protocol, 6.3).
@@ -62,12 +87,25 @@ class ModbusPoint(StrictModel):
     register_type: RegisterType = Field(
         default=RegisterType.HOLDING,
         alias="register",
-        description="holding (function 3) or input (function 4)",
+        description=(
+            "holding (function 3), input (function 4), coil (function 1) or discrete_input "
+            "(function 2)"
+        ),
     )
     type: ValueType = Field(description="Encoding of the value in the registers")
     word_order: WordOrder = Field(
         default=WordOrder.BIG,
         description="big: most significant register first; little: least significant first",
+    )
+    byte_order: ByteOrder = Field(
+        default=ByteOrder.BIG,
+        description="big: high byte first in each register (the standard); little: swapped",
+    )
+    bit: int | None = Field(
+        default=None,
+        ge=0,
+        le=15,
+        description="For a u16: publish only this bit (0 = least significant) as 1 or 0",
     )
     scale: float = Field(default=1.0, description="value = raw * scale + offset")
     offset: float = Field(default=0.0, description="value = raw * scale + offset")
@@ -77,10 +115,21 @@ class ModbusPoint(StrictModel):
 
     @property
     def register_count(self) -> int:
+        """Registers (or, in a bit table, bits) the point spans."""
         return REGISTER_COUNT[self.type]
 
     @model_validator(mode="after")
     def _fits_in_address_space(self) -> ModbusPoint:
+        in_bit_table = self.register_type in BIT_TABLES
+        if in_bit_table != (self.type is ValueType.BOOL):
+            raise ValueError(
+                "coil and discrete_input points have type bool, and only they do"
+                if in_bit_table
+                else "type bool is for coil and discrete_input points; for a bit of a "
+                "register use type u16 with bit: N"
+            )
+        if self.bit is not None and self.type is not ValueType.U16:
+            raise ValueError("bit: N is allowed only with type u16")
         if self.address + self.register_count > 65536:
             raise ValueError(
                 f"a {self.type} at address {self.address} runs past the last register (65535)"
@@ -101,10 +150,39 @@ class ModbusDevice(DeviceBase):
             "raise it only for meters that answer reads of unmapped registers"
         ),
     )
-    points: list[ModbusPoint] = Field(min_length=1, description="The values to read")
+    max_block: int = Field(
+        default=MAX_REGISTERS_PER_READ,
+        ge=1,
+        le=MAX_REGISTERS_PER_READ,
+        description="Most registers one request may read, for meters with a smaller limit",
+    )
+    template: str | None = Field(
+        default=None,
+        description=(
+            "A meter template (`fieldgate templates list`): its points, block limits and "
+            "identification; `points` then add to or replace the template's points by name"
+        ),
+    )
+    drop: list[str] = Field(
+        default_factory=list, description="Names of template points not to read"
+    )
+    points: list[ModbusPoint] = Field(
+        default_factory=list,
+        description="The values to read (with a template: points to add or replace)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_template(cls, data: object) -> object:
+        # Imported here: the templates module reads this module's models.
+        from drivers.modbus.templates import expand_template  # noqa: PLC0415
+
+        return expand_template(data)
 
     @model_validator(mode="after")
     def _point_names_unique(self) -> ModbusDevice:
+        if not self.points:
+            raise ValueError("a Modbus device needs points, or a template that has them")
         seen: set[str] = set()
         for point in self.points:
             if point.name in seen:
@@ -113,15 +191,86 @@ class ModbusDevice(DeviceBase):
         return self
 
 
-class ModbusTcpBus(BusBase):
-    """A Modbus TCP endpoint: a meter with Ethernet, or a TCP-to-RS-485 gateway."""
+class _ModbusBusBase(BusBase):
+    """What every Modbus bus has: how long to wait, and how to back off."""
 
-    type: Literal["modbus_tcp"]
-    host: str = Field(min_length=1, description="IP address or host name")
-    port: int = Field(default=502, ge=1, le=65535)
-    timeout: Duration = Field(default=1.0, description="How long to wait for an answer")
-    reconnect_max: Duration = Field(
+    timeout: AnswerTimeout = Field(default=1.0, description="How long to wait for an answer")
+    reconnect_max: BackoffCap = Field(
         default=60.0, description="Longest wait between reconnect attempts (backoff cap)"
+    )
+    slave_backoff_max: BackoffCap = Field(
+        default=60.0,
+        description=(
+            "A unit that does not answer (twice in a row) is asked again only after a backoff "
+            "that doubles up to this, so a dead meter costs the line at most one timeout per "
+            "backoff window and the others keep their schedule"
+        ),
     )
 
     device_model = ModbusDevice
+
+
+class ModbusTcpBus(_ModbusBusBase):
+    """A Modbus TCP endpoint: a meter with Ethernet, or a TCP gateway with several unit ids
+    behind it (all on one connection)."""
+
+    type: Literal["modbus_tcp"]
+    host: HostName = Field(description="IP address or host name")
+    port: int = Field(default=502, ge=1, le=65535)
+
+
+class Parity(StrEnum):
+    NONE = "N"
+    EVEN = "E"
+    ODD = "O"
+
+
+class ModbusRtuBus(_ModbusBusBase):
+    """Modbus RTU on a serial port (RS-485): many slaves on one line, one transaction at a
+    time, with the 3.5-character inter-frame silence. fieldgate owns the port exclusively."""
+
+    type: Literal["modbus_rtu"]
+    port: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="Serial device, e.g. /dev/ttyUSB0 (or a pyserial URL such as rfc2217://)",
+    )
+    baudrate: int = Field(default=9600, ge=300, le=921600, description="Bits per second")
+    parity: Parity = Field(default=Parity.NONE, description="N (none), E (even) or O (odd)")
+    data_bits: Literal[7, 8] = Field(default=8, description="7 or 8")
+    stop_bits: Literal[1, 2] = Field(default=1, description="1 or 2")
+    turnaround: AnswerTimeout | None = Field(
+        default=None,
+        description=(
+            "Quiet time after an answer before the next request, for slaves that need time "
+            "to release the line (default: only the 3.5-character silence)"
+        ),
+    )
+
+    @property
+    def char_time(self) -> float:
+        """Seconds one character takes on the wire: start bit, data, parity, stop bits."""
+        bits = 1 + self.data_bits + (0 if self.parity is Parity.NONE else 1) + self.stop_bits
+        return bits / self.baudrate
+
+    @property
+    def silence(self) -> float:
+        """The inter-frame silence: 3.5 characters, and at least 1.75 ms (the specification's
+        fixed value above 19200 baud)."""
+        return max(3.5 * self.char_time, 0.00175)
+
+
+class ModbusRtuOverTcpBus(_ModbusBusBase):
+    """RTU frames (with CRC, no MBAP header) tunnelled over TCP: a serial device server (Moxa
+    NPort, USR-TCP232) in transparent mode in front of an RS-485 line."""
+
+    type: Literal["modbus_rtu_over_tcp"]
+    host: HostName = Field(description="IP address or host name")
+    port: int = Field(default=4001, ge=1, le=65535)
+    turnaround: AnswerTimeout = Field(
+        default=0.005,
+        description=(
+            "Quiet time after an answer before the next request (the device server's line "
+            "still needs its inter-frame silence)"
+        ),
+    )

@@ -1,11 +1,18 @@
-"""Registers -> numbers. Pure: no I/O, no pymodbus, so it can be tested exhaustively."""
+"""Registers -> numbers. Pure: no I/O, no pymodbus, so it can be tested exhaustively.
+
+Values carry the precision the meter has, not binary noise: a float32 becomes the shortest
+decimal that turns back into the same float32 (229.01, not 229.00999450683594), and a scaled
+value is rounded to the decimals its scale and offset imply (399.2, not 399.20000000000005).
+"""
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
+from decimal import Decimal
 
-from drivers.modbus.config import REGISTER_COUNT, ValueType, WordOrder
+from drivers.modbus.config import REGISTER_COUNT, ByteOrder, ModbusPoint, ValueType, WordOrder
 
 _STRUCT_FORMAT: dict[ValueType, str] = {
     ValueType.U16: ">H",
@@ -20,25 +27,84 @@ _STRUCT_FORMAT: dict[ValueType, str] = {
 
 
 def decode_registers(
-    registers: Sequence[int], value_type: ValueType, word_order: WordOrder
+    registers: Sequence[int],
+    value_type: ValueType,
+    word_order: WordOrder,
+    byte_order: ByteOrder = ByteOrder.BIG,
 ) -> int | float:
     """The raw value encoded by ``registers`` (exactly as many as the type needs).
 
-    Each register holds two bytes, most significant first (the Modbus byte order). ``word_order``
-    says whether the most significant register comes first (big) or last (little).
+    ``byte_order`` says whether each register holds its most significant byte first (big, as
+    the Modbus specification says) or last. ``word_order`` says whether the most significant
+    register comes first (big) or last (little). A float32 is returned as the shortest decimal
+    that round-trips it.
     """
     count = REGISTER_COUNT[value_type]
+    if value_type is ValueType.BOOL:
+        raise ValueError("bool values come from bit tables, not registers")
     if len(registers) != count:
         raise ValueError(f"{value_type} needs {count} registers, got {len(registers)}")
     ordered = registers if word_order is WordOrder.BIG else list(reversed(registers))
-    raw = b"".join(register.to_bytes(2, "big") for register in ordered)
+    raw = b"".join(
+        register.to_bytes(2, "big" if byte_order is ByteOrder.BIG else "little")
+        for register in ordered
+    )
     value: int | float = struct.unpack(_STRUCT_FORMAT[value_type], raw)[0]
+    if value_type is ValueType.F32 and isinstance(value, float):
+        return shortest_float32(value)
     return value
+
+
+def shortest_float32(value: float) -> float:
+    """The float with the fewest significant digits that is the same float32 as ``value``."""
+    if not math.isfinite(value) or value == 0.0:
+        return value
+    target = struct.pack(">f", value)
+    for digits in range(1, 10):
+        candidate = float(f"{value:.{digits}g}")
+        try:
+            if struct.pack(">f", candidate) == target:
+                return candidate
+        except OverflowError:  # rounded past the largest float32
+            continue
+    return value
+
+
+def _decimals(number: float) -> int:
+    """Decimal places of ``number`` as written (0.01 -> 2, 10 -> 0, 1e-05 -> 5)."""
+    exponent = Decimal(repr(number)).normalize().as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 0
 
 
 def scale_value(raw: int | float, scale: float, offset: float) -> int | float:
     """``raw * scale + offset``; integers stay integers when nothing scales them, so a 64-bit
-    counter keeps every digit."""
+    counter keeps every digit. A scaled integer is rounded to the decimals the scale and offset
+    imply; a scaled float keeps the decimals of the raw value too."""
     if isinstance(raw, int) and scale == 1.0 and offset == 0.0:
         return raw
-    return raw * scale + offset
+    value = raw * scale + offset
+    if not math.isfinite(value):
+        return value
+    places = max(_decimals(scale), _decimals(offset))
+    if isinstance(raw, float):
+        if not math.isfinite(raw):
+            return value
+        places += _decimals(raw)
+    if places > 15:
+        return value
+    return round(value, places)
+
+
+def decode_point(point: ModbusPoint, words: Sequence[int] | Sequence[bool]) -> int | float:
+    """The published value of ``point`` from the registers (or bits) starting at its address."""
+    if point.type is ValueType.BOOL:
+        return int(bool(words[0]))
+    raw = decode_registers(
+        [int(w) for w in words[: point.register_count]],
+        point.type,
+        point.word_order,
+        point.byte_order,
+    )
+    if point.bit is not None:
+        return (int(raw) >> point.bit) & 1
+    return scale_value(raw, point.scale, point.offset)

@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from drivers.modbus.config import MAX_REGISTERS_PER_READ, ModbusPoint, RegisterType
+from drivers.modbus.config import BIT_TABLES, MAX_REGISTERS_PER_READ, ModbusPoint, RegisterType
+
+#: The largest bit count one read of coils or discrete inputs may ask for.
+MAX_BITS_PER_READ = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,9 +36,11 @@ def plan_requests(
     max_gap: int = 0,
     max_registers: int = MAX_REGISTERS_PER_READ,
 ) -> list[ReadRequest]:
-    """The fewest requests, under the gap and size limits, that cover every point once."""
+    """The fewest requests, under the gap and size limits, that cover every point once.
+    ``max_registers`` limits register tables; bit tables take up to 2000 bits a request."""
     requests: list[ReadRequest] = []
     for register_type in RegisterType:
+        limit = MAX_BITS_PER_READ if register_type in BIT_TABLES else max_registers
         in_table = sorted(
             (p for p in points if p.register_type is register_type),
             key=lambda p: (p.address, p.register_count),
@@ -44,11 +49,7 @@ def plan_requests(
         start = end = 0  # the group covers registers [start, end)
         for point in in_table:
             point_end = point.address + point.register_count
-            fits = (
-                group
-                and point.address - end <= max_gap
-                and max(end, point_end) - start <= max_registers
-            )
+            fits = group and point.address - end <= max_gap and max(end, point_end) - start <= limit
             if fits:
                 group.append(point)
                 end = max(end, point_end)

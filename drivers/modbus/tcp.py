@@ -1,34 +1,50 @@
-"""Modbus TCP: a meter with an Ethernet port, or a TCP gateway in front of an RS-485 line."""
+"""Modbus TCP: a meter with an Ethernet port, or a TCP gateway in front of an RS-485 line
+(several unit ids share its one connection)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from pymodbus.client import AsyncModbusTcpClient
+import asyncio
+from collections.abc import Callable, Sequence
 
 from drivers.modbus.bus import ModbusBus
-from drivers.modbus.config import ModbusDevice, ModbusTcpBus
+from drivers.modbus.config import ModbusDevice, ModbusRtuOverTcpBus, ModbusTcpBus
+from drivers.modbus.link import Framing, ModbusLink, Opener
 from gateway.clock import Clock
+
+
+def tcp_opener(host: str, port: int) -> Opener:
+    async def open_tcp(
+        factory: Callable[[], asyncio.Protocol],
+    ) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:
+        return await asyncio.get_running_loop().create_connection(factory, host, port)
+
+    return open_tcp  # type: ignore[return-value]
 
 
 def open_modbus_tcp_bus(
     bus: ModbusTcpBus, devices: Sequence[ModbusDevice], clock: Clock
 ) -> ModbusBus:
-    def make_client() -> AsyncModbusTcpClient:
-        # reconnect_delay=0: pymodbus must not reconnect on its own; ModbusBus does, with
-        # jittered backoff. retries=0: a missed answer is reported now, the next poll retries.
-        return AsyncModbusTcpClient(
-            bus.host,
-            port=bus.port,
-            timeout=bus.timeout,
-            retries=0,
-            reconnect_delay=0,
-        )
-
-    return ModbusBus(
+    link = ModbusLink(
         f"modbus_tcp {bus.name} ({bus.host}:{bus.port})",
-        make_client,
-        devices,
+        tcp_opener(bus.host, bus.port),
+        Framing.MBAP,
         clock,
+        timeout=bus.timeout,
         reconnect_max=bus.reconnect_max,
     )
+    return ModbusBus(link, devices, clock, slave_backoff_max=bus.slave_backoff_max)
+
+
+def open_modbus_rtu_over_tcp_bus(
+    bus: ModbusRtuOverTcpBus, devices: Sequence[ModbusDevice], clock: Clock
+) -> ModbusBus:
+    link = ModbusLink(
+        f"modbus_rtu_over_tcp {bus.name} ({bus.host}:{bus.port})",
+        tcp_opener(bus.host, bus.port),
+        Framing.RTU,
+        clock,
+        timeout=bus.timeout,
+        reconnect_max=bus.reconnect_max,
+        turnaround=bus.turnaround,
+    )
+    return ModbusBus(link, devices, clock, slave_backoff_max=bus.slave_backoff_max)

@@ -1,12 +1,32 @@
 """Building blocks of the config models: strict base classes and the quantities people write
-(``10s``, ``512MB``) as typed fields with their JSON Schema."""
+(``10s``, ``512MB``, host names, paths) as typed fields with their JSON Schema.
+
+Every type here is bounded to what the code, the protocols and the OS behind it accept: a value
+that ``fieldgate check`` accepts must not crash ``fieldgate run`` or make it silently idle."""
 
 from __future__ import annotations
 
+import ipaddress
+import math
+import os
 import re
-from typing import Annotated, ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    WithJsonSchema,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -25,8 +45,43 @@ _SIZE_UNITS = {
 }
 
 
+#: The shortest duration anywhere: the smallest unit people write. Shorter ones only come from
+#: typos, and would break the wall-clock slot arithmetic (``now / interval`` overflows).
+MIN_DURATION = 0.001
+#: The longest duration anywhere: beyond any sensible setting, yet exact in the buffer's integer
+#: milliseconds and far below what timers accept (``threading.TIMEOUT_MAX``, about 292 years).
+MAX_DURATION = 3650 * 86400.0
+#: The largest size: a file offset (``off_t``) and an SQLite integer are signed 64-bit.
+MAX_SIZE = 2**63 - 1
+#: How durations and sizes are written, for the JSON Schema (ECMA-262 regexes).
+DURATION_PATTERN = r"^(\d+(\.\d+)?(ms|s|m|h|d))+$"
+SIZE_PATTERN = r"^\d+(\.\d+)?\s*(B|kB|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"
+
+
+def brief(value: object, limit: int = 60) -> str:
+    """``repr(value)``, shortened when long: a 70 000-character value must not flood the one line
+    that reports it."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    length = f" ({len(value)} characters)" if isinstance(value, str) else ""
+    return f"{text[: limit - 10]}…{length}"
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` as people write it: ``1d``, ``18h12m15s``, ``100ms``."""
+    left = round(seconds * 1000)
+    parts: list[str] = []
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
+        count, left = divmod(left, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
+
+
 def parse_duration(text: object) -> float:
-    """Seconds from ``"10s"``, ``"500ms"``, ``"1h30m"`` or a plain number of seconds."""
+    """Seconds from ``"10s"``, ``"500ms"``, ``"1h30m"`` or a plain number of seconds, between
+    :data:`MIN_DURATION` and :data:`MAX_DURATION`."""
     if isinstance(text, bool):
         raise ValueError("a duration is a number with a unit, like 10s, 500ms, 5m, 1h or 1d")
     if isinstance(text, int | float):
@@ -42,8 +97,21 @@ def parse_duration(text: object) -> float:
         seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
     else:
         raise ValueError("a duration is a number with a unit, like 10s, 500ms, 5m, 1h or 1d")
+    # YAML's .inf and .nan, and digits enough to overflow a float, are numbers but no duration.
+    if not math.isfinite(seconds):
+        raise ValueError(
+            f"{brief(text)} is not a duration; write a finite number with a unit, like 10s, 5m "
+            "or 1d"
+        )
     if seconds <= 0:
-        raise ValueError(f"{text!r}: a duration must be longer than zero")
+        raise ValueError(f"{brief(text)}: a duration must be longer than zero")
+    if seconds < MIN_DURATION:
+        raise ValueError(f"{brief(text)} is shorter than 1ms, the shortest duration allowed")
+    if seconds > MAX_DURATION:
+        raise ValueError(
+            f"{brief(text)} is longer than {format_duration(MAX_DURATION)}, the longest "
+            "duration allowed"
+        )
     return seconds
 
 
@@ -54,30 +122,91 @@ def parse_size(text: object) -> int:
     if isinstance(text, int):
         size = text
     elif isinstance(text, str) and (match := _SIZE.fullmatch(text.strip())):
-        size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+        # Digits enough to overflow a float give inf, which int() refuses: check first.
+        number = float(match.group(1)) * _SIZE_UNITS[match.group(2)]
+        size = int(number) if math.isfinite(number) else MAX_SIZE + 1
     else:
         raise ValueError(
-            f"{text!r} is not a size; write a number with a unit, like 512MB, 2GB or 1GiB"
+            f"{brief(text)} is not a size; write a number with a unit, like 512MB, 2GB or 1GiB"
         )
     if size <= 0:
-        raise ValueError(f"{text!r}: a size must be larger than zero")
+        raise ValueError(f"{brief(text)}: a size must be larger than zero")
+    if size > MAX_SIZE:
+        raise ValueError(f"{brief(text)} is larger than any file can be (8EiB)")
     return size
 
 
-#: A duration in seconds, written in YAML as ``10s``, ``500ms``, ``5m``, ``1h``, ``1d``.
+#: A duration in seconds, written in YAML as ``10s``, ``500ms``, ``5m``, ``1h``, ``1d``; finite
+#: and between :data:`MIN_DURATION` and :data:`MAX_DURATION`. A field narrows it with
+#: :class:`DurationBounds` where a protocol or the code sets a tighter limit.
 Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d))+$"},
-                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "string", "pattern": DURATION_PATTERN},
+                {"type": "number", "minimum": MIN_DURATION, "maximum": MAX_DURATION},
             ],
             "description": "A duration: 10s, 500ms, 5m, 1h, 1d, 1h30m (or seconds as a number)",
         }
     ),
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class DurationBounds:
+    """``Annotated[Duration, DurationBounds(at_least=1.0, at_most=65535.0)]``: a duration
+    narrowed for one use. The error names the value as written and the range in the units
+    people write; the JSON Schema carries the range for editors."""
+
+    at_least: float = MIN_DURATION
+    at_most: float = MAX_DURATION
+    #: Why the range is what it is, when that is not obvious (a protocol's limit).
+    reason: str = ""
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_wrap_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = dict(handler(schema))
+        json_schema["anyOf"] = [
+            {**branch, "minimum": self.at_least, "maximum": self.at_most}
+            if branch.get("type") == "number"
+            else branch
+            for branch in json_schema.get("anyOf", [])
+        ]
+        return json_schema
+
+    def _check(self, value: Any, inner: core_schema.ValidatorFunctionWrapHandler) -> float:
+        seconds: float = inner(value)
+        if self.at_least <= seconds <= self.at_most:
+            return seconds
+        what = "longer" if seconds > self.at_most else "shorter"
+        why = f"; {self.reason}" if self.reason else ""
+        raise ValueError(
+            f"{brief(value)} is {what} than allowed here: from {_limit(self.at_least)} to "
+            f"{_limit(self.at_most)}{why}"
+        )
+
+
+def _limit(seconds: float) -> str:
+    """A limit as people write it, and in seconds when that takes several units to say."""
+    text = format_duration(seconds)
+    return f"{text} ({seconds:g}s)" if len(re.findall("[a-z]+", text)) > 1 else text
+
+
+#: How often a device is polled. Below 100ms polls crowd the bus and commit a row each; above a
+#: day a device looks configured but hardly polls (and 1e300 would never poll at all).
+Interval = Annotated[Duration, DurationBounds(at_least=0.1, at_most=86400.0)]
+#: How long to wait for one answer of a device: longer than a minute is no answer.
+AnswerTimeout = Annotated[Duration, DurationBounds(at_most=60.0)]
+#: The cap of a reconnect backoff: beyond an hour, a fixed line comes back too late to notice.
+BackoffCap = Annotated[Duration, DurationBounds(at_most=3600.0)]
 
 #: A size in bytes, written in YAML as ``512MB``, ``2GiB``.
 Size = Annotated[
@@ -86,11 +215,8 @@ Size = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {
-                    "type": "string",
-                    "pattern": r"^\d+(\.\d+)?\s*(B|kB|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
-                },
-                {"type": "integer", "exclusiveMinimum": 0},
+                {"type": "string", "pattern": SIZE_PATTERN},
+                {"type": "integer", "minimum": 1, "maximum": MAX_SIZE},
             ],
             "description": "A size: 512MB, 2GB, 1GiB (or bytes as a number)",
         }
@@ -107,6 +233,171 @@ Name = Annotated[
 ]
 
 
+#: RFC 1123 host name labels: letters, digits and inner hyphens, 1 to 63 characters each.
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*")
+#: The longest name DNS carries (RFC 1035: 255 bytes on the wire, 253 characters written).
+_HOST_NAME_MAX = 253
+
+
+def check_host(text: str) -> str:
+    """An IP address, or a host name as RFC 1123 allows: what the resolver (``getaddrinfo``,
+    which refuses a label over 63 characters with an exception) and DNS accept."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    else:
+        return text
+    allowed = (
+        "write an IP address, or a host name of letters, digits and '-' in labels separated "
+        f"by '.', each label at most 63 characters and the name at most {_HOST_NAME_MAX}"
+    )
+    if len(text) > _HOST_NAME_MAX or not _HOST_NAME.fullmatch(text):
+        raise ValueError(f"{brief(text)} is not a host name or IP address; {allowed}")
+    if text.rsplit(".", 1)[-1].isdigit():
+        # No top-level domain is all digits (RFC 3696, 2): this is a mistyped IPv4 address.
+        raise ValueError(f"{brief(text)} is not a valid IPv4 address")
+    return text
+
+
+#: A host to connect to: an IP address or an RFC 1123 host name.
+HostName = Annotated[
+    str,
+    AfterValidator(check_host),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "format": "ipv4"},
+                {"type": "string", "format": "ipv6"},
+                {
+                    "type": "string",
+                    "maxLength": _HOST_NAME_MAX,
+                    "pattern": rf"^{_HOST_LABEL}(\.{_HOST_LABEL})*$",
+                },
+            ],
+            "description": "IP address or host name (labels of letters, digits and '-')",
+        }
+    ),
+]
+
+
+def check_ip_address(text: str) -> str:
+    """An IPv4 or IPv6 address, as ``ipaddress`` reads it (a zone like ``%eth0`` included)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"{brief(text)} is not an IP address, like 127.0.0.1 or ::1") from None
+    return text
+
+
+#: An address of this machine to listen on: an IP address, never a name to look up.
+IpAddress = Annotated[
+    str,
+    AfterValidator(check_ip_address),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "string", "format": "ipv4"}, {"type": "string", "format": "ipv6"}],
+            "description": "IP address",
+        }
+    ),
+]
+
+#: The longest topic prefix. With a gateway id and device names of at most 64 characters, the
+#: longest topic (``<prefix>/<gateway>/devices/<device>/reading``) is 402 bytes: far inside
+#: MQTT's 65535-byte limit on a topic, and short enough to read in a broker's log.
+TOPIC_PREFIX_MAX = 256
+_TOPIC_LEVEL = r"[A-Za-z0-9_.-]+"
+_TOPIC_PREFIX = re.compile(rf"{_TOPIC_LEVEL}(?:/{_TOPIC_LEVEL})*")
+
+
+def check_topic_prefix(text: str) -> str:
+    """An allow-list, not a list of what MQTT forbids: no wildcard, NUL, ``$`` (the broker's
+    own topics), empty level or control character can get through."""
+    if len(text) > TOPIC_PREFIX_MAX or not _TOPIC_PREFIX.fullmatch(text):
+        raise ValueError(
+            f"{brief(text)} is not a topic prefix; write one or more levels of letters, digits, "
+            f"'_', '-' and '.', separated by '/', at most {TOPIC_PREFIX_MAX} characters"
+        )
+    return text
+
+
+#: The first level(s) of every topic the gateway publishes.
+TopicPrefix = Annotated[
+    str,
+    AfterValidator(check_topic_prefix),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": TOPIC_PREFIX_MAX,
+            "pattern": rf"^{_TOPIC_LEVEL}(/{_TOPIC_LEVEL})*$",
+            "description": "Topic levels of letters, digits, '_', '-', '.', separated by '/'",
+        }
+    ),
+]
+
+#: The longest path the kernel takes (PATH_MAX, 4096 bytes with the final NUL) ...
+_PATH_MAX = 4095
+#: ... and the longest name of one file or directory in it (NAME_MAX).
+_NAME_MAX = 255
+#: SQLite's unix VFS refuses a full path over 512 bytes, with "-journal" or "-wal" appended:
+#: 400 leaves room for those and for the working directory of a relative path.
+_SQLITE_PATH_MAX = 400
+
+
+def _path_checker(max_bytes: int) -> Callable[[object], object]:
+    def check(value: object) -> object:
+        if isinstance(value, PurePath):
+            value = str(value)
+        if not isinstance(value, str):
+            return value  # not text: the Path validator says so
+        try:
+            encoded = os.fsencode(value)
+        except UnicodeEncodeError:
+            raise ValueError(f"{brief(value)} cannot be a file name on this system") from None
+        if not value:
+            raise ValueError("a path cannot be empty")
+        if b"\0" in encoded:
+            raise ValueError(f"{brief(value)} contains a NUL character, which no path can")
+        if len(encoded) > max_bytes:
+            raise ValueError(
+                f"{brief(value)} is {len(encoded)} bytes long; at most {max_bytes} bytes here"
+            )
+        if any(len(part) > _NAME_MAX for part in encoded.split(b"/")):
+            raise ValueError(
+                f"{brief(value)} has a name longer than {_NAME_MAX} bytes between its '/'s"
+            )
+        return value
+
+    return check
+
+
+def _path_schema(max_bytes: int, description: str) -> WithJsonSchema:
+    return WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": max_bytes,
+            "pattern": "^[^\\x00]+$",
+            "description": description,
+        }
+    )
+
+
+#: A file or directory of this machine: no NUL, within the kernel's PATH_MAX and NAME_MAX.
+LocalPath = Annotated[
+    Path,
+    BeforeValidator(_path_checker(_PATH_MAX)),
+    _path_schema(_PATH_MAX, "A path on this machine"),
+]
+#: An SQLite database file: a :data:`LocalPath` within SQLite's own, shorter, limit.
+DatabasePath = Annotated[
+    Path,
+    BeforeValidator(_path_checker(_SQLITE_PATH_MAX)),
+    _path_schema(_SQLITE_PATH_MAX, "An SQLite database file on this machine"),
+]
+
+
 class StrictModel(BaseModel):
     """Unknown keys are errors and nothing is coerced silently: a typo must not be ignored."""
 
@@ -118,7 +409,7 @@ class DeviceBase(StrictModel):
 
     name: Name = Field(description="Unique device name; the last level of its MQTT topic")
     bus: Name = Field(description="Name of the bus (in `buses`) this device is reached through")
-    interval: Duration = Field(
+    interval: Interval = Field(
         default=10.0, description="How often to poll; polls align to the wall clock"
     )
 

@@ -1,9 +1,14 @@
 """Load a YAML config file into a :class:`GatewayConfig`, or fail with errors that name the
-file, line and key path of every mistake and say what is allowed there."""
+file, line and key path of every mistake and say what is allowed there.
+
+Whatever the file holds, the outcome is a config or a :class:`ConfigError`, never another
+exception: the file's size, its nesting, what its aliases expand to and its YAML tags are all
+bounded before the models see it."""
 
 from __future__ import annotations
 
 import json
+import os
 import types
 import typing
 from collections.abc import Iterator
@@ -17,11 +22,32 @@ from pydantic import BaseModel, Tag, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
-from gateway.config.fields import DeviceBase
+from gateway.config.fields import DeviceBase, brief
 from gateway.config.model import GatewayConfig
 from gateway.errors import ConfigError
 
 KeyPath = tuple[str | int, ...]
+
+#: A config is a few kilobytes; a large site's (300 meters of 60 points, one key a line) is under
+#: 2 MiB. A bigger file is not a config (a log, an image), and parsing it would hold the start.
+MAX_FILE_BYTES = 2 * 2**20
+#: A config nests 6 levels deep (devices[0].points[0].name). The cap keeps PyYAML's recursive
+#: composer, this reader and pydantic far from Python's recursion limit.
+MAX_DEPTH = 32
+#: Values in the document, an alias counted each time it is used: a few lines of nested
+#: aliases ("billion laughs") would otherwise expand to 10^9 values and exhaust memory.
+MAX_VALUES = 500_000
+#: The systemd unit's StateDirectory= (systemd/fieldgate.service): with ProtectSystem=strict,
+#: the only directory the service may write.
+STATE_DIRECTORY = Path("/var/lib/fieldgate")
+
+_YAML = "tag:yaml.org,2002:"
+#: The tags a value may have, explicit or resolved: plain data. Anything else (!!python/...,
+#: !!binary, !!set, a local !tag) is refused rather than guessed at.
+_SCALAR_TAGS = frozenset(
+    _YAML + name for name in ("str", "int", "float", "bool", "null", "timestamp")
+)
+_ALLOWED_TAGS = "!!str, !!int, !!float, !!bool and !!null"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,16 +60,12 @@ class _Located:
 
 def load_config(path: Path) -> GatewayConfig:
     """Read and validate ``path``. Raises :class:`ConfigError` listing every mistake found."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror}"]) from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"{path}: not a UTF-8 text file ({exc.reason})"]) from exc
-    return parse_config(text, source=str(path))
+    return parse_config(_read_text(path), source=str(path))
 
 
 def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
+    if len(text) > MAX_FILE_BYTES:
+        raise ConfigError([_too_large(source)])
     located = _compose(text, source)
     if not isinstance(located.data, dict):
         raise ConfigError(
@@ -62,6 +84,36 @@ def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
     return config
 
 
+def config_warnings(config: GatewayConfig, path: Path) -> list[str]:
+    """What is valid but will not work under the systemd unit, one line each in the format of
+    the errors (``fieldgate check`` prints them; the config is still accepted)."""
+    warnings: list[str] = []
+    buffer_path = config.buffer.path
+    # The unit starts in / (systemd's default WorkingDirectory), so a relative path is under /.
+    seen_by_unit = Path(os.path.normpath(Path("/") / buffer_path))
+    if not seen_by_unit.is_relative_to(STATE_DIRECTORY) or seen_by_unit == STATE_DIRECTORY:
+        relative = "" if buffer_path.is_absolute() else f" (for the unit: {seen_by_unit})"
+        warnings.append(
+            _warning_at(
+                path,
+                ("buffer", "path"),
+                f"buffer.path: {buffer_path}{relative} is outside {STATE_DIRECTORY}, which the "
+                f"systemd unit cannot write; put the buffer under {STATE_DIRECTORY}/",
+            )
+        )
+    return warnings
+
+
+def _warning_at(path: Path, loc: KeyPath, message: str) -> str:
+    # The config was valid a moment ago, so this read succeeds but for a race with an editor:
+    # then the warning goes without its line rather than not at all.
+    try:
+        located = _compose(_read_text(path), str(path))
+    except ConfigError:
+        return f"{path}: warning: {message}"
+    return _at(str(path), located, loc, f"warning: {message}")
+
+
 def config_json_schema() -> dict[str, Any]:
     """The JSON Schema of the config file, for editors and for ``fieldgate schema``."""
     schema = GatewayConfig.model_json_schema()
@@ -74,9 +126,80 @@ def config_json_schema_text() -> str:
     return json.dumps(config_json_schema(), indent=2, sort_keys=True) + "\n"
 
 
+def _read_text(path: Path) -> str:
+    try:
+        with path.open("rb") as file:
+            # One byte past the cap tells "too large" without reading all of a huge file (or of
+            # /dev/zero).
+            raw = file.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror}"]) from exc
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError([_too_large(str(path))])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not a UTF-8 text file ({exc.reason})"]) from exc
+
+
+def _too_large(source: str) -> str:
+    return (
+        f"{source}: the file is larger than {MAX_FILE_BYTES // 2**20} MiB; a config is a few "
+        "kilobytes. Is it the right file?"
+    )
+
+
+class _TooDeep(Exception):
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with its nesting capped while composing (its composer recurses once
+    per level, so 5 000 levels would end in RecursionError), and with ``=``, ``<<`` and ``!``
+    read as text: their YAML 1.1 meanings (value and merge keys, a tag) have no constructor in
+    the safe loader, which would raise instead of returning a value."""
+
+    # PyYAML reads it from the class; its stubs declare an instance variable, hence no ClassVar.
+    yaml_implicit_resolvers: dict[Any, Any] = {  # noqa: RUF012
+        first: [
+            (tag, pattern)
+            for tag, pattern in resolvers
+            if tag not in {_YAML + "value", _YAML + "merge", _YAML + "yaml"}
+        ]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self._depth >= MAX_DEPTH:
+            event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in the stubs
+            raise _TooDeep(event.start_mark.line + 1)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _too_deep(source: str, line: int) -> ConfigError:
+    return ConfigError(
+        [
+            f"{source}:{line}: nested deeper than {MAX_DEPTH} levels (aliases counted as "
+            "expanded); a config needs 6 (devices[0].points[0].name)"
+        ]
+    )
+
+
 def _compose(text: str, source: str) -> _Located:
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_Loader)
+    except _TooDeep as exc:
+        raise _too_deep(source, exc.line) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f"{mark.line + 1}" if mark else "?"
@@ -97,31 +220,84 @@ def _compose(text: str, source: str) -> _Located:
 
 class _NodeReader:
     """Turns a composed YAML node tree into plain data, noting the line of every key path and
-    refusing duplicate keys (which PyYAML would silently resolve to the last one)."""
+    refusing duplicate keys (which PyYAML would silently resolve to the last one), tags other
+    than plain data's, and documents that aliases make too deep or too large."""
 
     def __init__(self, source: str) -> None:
         self.source = source
         self.lines: dict[KeyPath, int] = {}
         self.problems: list[str] = []
         self._scalars = yaml.SafeLoader("")
+        self._values = 0
 
     def read(self, node: yaml.Node, path: KeyPath) -> Any:
-        self.lines.setdefault(path, node.start_mark.line + 1)
+        line = node.start_mark.line + 1
+        self._count(line, path)
+        if len(path) > MAX_DEPTH:
+            # The composer capped the nesting as written; aliases inside aliases (or one inside
+            # itself) can still build deeper data.
+            raise _too_deep(self.source, line)
+        self.lines.setdefault(path, line)
         if isinstance(node, yaml.MappingNode):
+            if node.tag != _YAML + "map":
+                return self._refuse_tag(node, path)
             return self._read_mapping(node, path)
         if isinstance(node, yaml.SequenceNode):
+            if node.tag != _YAML + "seq":
+                return self._refuse_tag(node, path)
             return [self.read(item, (*path, index)) for index, item in enumerate(node.value)]
-        return self._scalars.construct_object(node, deep=True)
+        return self._scalar(node, path)
+
+    def _count(self, line: int, path: KeyPath) -> None:
+        self._values += 1
+        if self._values > MAX_VALUES:
+            # The line is where the value was written; with aliases, the path says where it
+            # was being used.
+            where = _dotted(path) or "top level"
+            raise ConfigError(
+                [
+                    f"{self.source}:{line}: {where}: the file holds more than {MAX_VALUES} "
+                    "values, each alias counted as often as it is used; write the config out "
+                    "without aliases of aliases"
+                ]
+            )
+
+    def _scalar(self, node: yaml.Node, path: KeyPath) -> Any:
+        if not isinstance(node, yaml.ScalarNode) or node.tag not in _SCALAR_TAGS:
+            return self._refuse_tag(node, path)
+        try:
+            return self._scalars.construct_object(node, deep=True)
+        except Exception:  # noqa: BLE001 - PyYAML raises what the conversion raised: ValueError
+            # for `!!int abc` or 2026-13-45, KeyError for `!!bool maybe`, IndexError for an empty
+            # `!!int`. Whichever it is, this one value cannot be read.
+            self._problem(
+                node,
+                path,
+                f"{brief(node.value)} is not a valid YAML {_shown_tag(node.tag)}; correct it, or "
+                "quote it (without a tag) if it is text",
+            )
+            return None
+
+    def _refuse_tag(self, node: yaml.Node, path: KeyPath) -> None:
+        self._problem(
+            node,
+            path,
+            f"the YAML tag {_shown_tag(node.tag)} is not allowed; write the value without it "
+            f"(allowed: {_ALLOWED_TAGS})",
+        )
+
+    def _problem(self, node: yaml.Node, path: KeyPath, message: str) -> None:
+        where = _dotted(path) or "top level"
+        self.problems.append(f"{self.source}:{node.start_mark.line + 1}: {where}: {message}")
 
     def _read_mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any]:
         mapping: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = self._scalars.construct_object(key_node, deep=True)
+            key = self._read_key(key_node, path)
+            if key is None:
+                continue
             line = key_node.start_mark.line + 1
-            if not isinstance(key, str):
-                where = _dotted(path) or "top level"
-                self.problems.append(f"{self.source}:{line}: {where}: key {key!r} must be text")
-            elif key in mapping:
+            if key in mapping:
                 first = self.lines[(*path, key)]
                 self.problems.append(
                     f"{self.source}:{line}: {_dotted((*path, key))}: key appears twice "
@@ -131,6 +307,26 @@ class _NodeReader:
                 self.lines[(*path, key)] = line
                 mapping[key] = self.read(value_node, (*path, key))
         return mapping
+
+    def _read_key(self, node: yaml.Node, path: KeyPath) -> str | None:
+        """The key as text, or ``None`` once the reason it is not has been reported."""
+        line = node.start_mark.line + 1
+        self._count(line, path)
+        where = _dotted(path) or "top level"
+        if not isinstance(node, yaml.ScalarNode):
+            # Not constructed at all: a key that is a mapping or a list (or an alias of one)
+            # is refused as it stands, whatever it would expand to.
+            kind = "a mapping" if isinstance(node, yaml.MappingNode) else "a list"
+            self.problems.append(f"{self.source}:{line}: {where}: key must be text, not {kind}")
+            return None
+        reported = len(self.problems)
+        key = self._scalar(node, path)
+        if len(self.problems) > reported:
+            return None
+        if not isinstance(key, str):
+            self.problems.append(f"{self.source}:{line}: {where}: key {brief(key)} must be text")
+            return None
+        return key
 
 
 def _describe(error: ErrorDetails, located: _Located, source: str) -> str:
@@ -165,8 +361,8 @@ def _describe(error: ErrorDetails, located: _Located, source: str) -> str:
         message = f"{_dotted(loc)}: {tag!r} is not one of {expected}"
     else:
         text = error["msg"].removeprefix("Value error, ")
-        quiet = isinstance(given, dict | list) or repr(given) in text
-        shown = "" if quiet else f" (got {given!r})"
+        quiet = isinstance(given, dict | list) or repr(given) in text or brief(given) in text
+        shown = "" if quiet else f" (got {brief(given)})"
         message = f"{where}: {text}{shown}"
     return _at(source, located, loc, message)
 
@@ -179,6 +375,12 @@ def _at(source: str, located: _Located, loc: KeyPath, message: str) -> str:
         if line is not None:
             return f"{source}:{line}: {message}"
     return f"{source}: {message}"
+
+
+def _shown_tag(tag: str) -> str:
+    """A tag as written: ``!!int`` for YAML's own, else as it is (``!foo``)."""
+    shown = "!!" + tag.removeprefix(_YAML) if tag.startswith(_YAML) else tag
+    return shown if len(shown) <= 60 else shown[:50] + "…"
 
 
 def _dotted(loc: KeyPath) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     Discriminator,
@@ -16,14 +16,27 @@ from pydantic import (
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError, core_schema
 
 from drivers.catalog import BusConfig, DeviceConfig, device_model_of
-from gateway.config.fields import BusBase, DeviceBase, Duration, Name, Size, StrictModel
+from gateway.config.fields import (
+    BackoffCap,
+    BusBase,
+    DatabasePath,
+    DeviceBase,
+    Duration,
+    DurationBounds,
+    HostName,
+    IpAddress,
+    LocalPath,
+    Name,
+    Size,
+    StrictModel,
+    TopicPrefix,
+)
 
 
 class GatewaySection(StrictModel):
     id: Name = Field(description="This gateway's id: unique in the fleet, a level of every topic")
-    stop_timeout: Duration = Field(
+    stop_timeout: Annotated[Duration, DurationBounds(at_most=3600.0)] = Field(
         default=10.0,
-        le=3600.0,
         description=(
             "On SIGTERM, the gateway ends within this long, everything stored kept; keep it "
             "shorter than systemd's TimeoutStopSec"
@@ -31,36 +44,108 @@ class GatewaySection(StrictModel):
     )
 
 
+class MqttTls(StrictModel):
+    """TLS to the broker. The broker's certificate chain is always verified."""
+
+    ca_file: LocalPath | None = Field(
+        default=None, description="CA certificate(s) (PEM); default: the system's CA store"
+    )
+    cert_file: LocalPath | None = Field(
+        default=None, description="Client certificate (PEM), for brokers that want mutual TLS"
+    )
+    key_file: LocalPath | None = Field(default=None, description="The client certificate's key")
+    verify_hostname: bool = Field(
+        default=True,
+        description="Check that the certificate names mqtt.host; switch off for lab use only",
+    )
+
+    @model_validator(mode="after")
+    def _certificate_with_its_key(self) -> MqttTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: give both or neither")
+        return self
+
+
 class MqttConfig(StrictModel):
     """The upstream broker."""
 
-    host: str = Field(min_length=1, description="Broker host name or IP address")
+    host: HostName = Field(description="Broker host name or IP address")
     port: int = Field(default=1883, ge=1, le=65535)
-    client_id: str | None = Field(
-        default=None, max_length=64, description="MQTT client id; default fieldgate-<gateway id>"
+    # Letters, digits, '_', '-', '.': the characters every broker takes in a client id.
+    client_id: Name | None = Field(
+        default=None, description="MQTT client id; default fieldgate-<gateway id>"
     )
-    topic_prefix: str = Field(
+    topic_prefix: TopicPrefix = Field(
         default="fieldgate",
-        pattern=r"^[^#+]+$",
         description="First topic level(s); topics are <prefix>/<gateway id>/...",
     )
-    keepalive: Duration = Field(default=30.0, description="MQTT keepalive interval")
+    keepalive: Annotated[
+        Duration,
+        DurationBounds(
+            at_least=1.0,
+            at_most=65535.0,
+            reason="MQTT sends it as a 16-bit number of whole seconds, and 0 turns it off",
+        ),
+    ] = Field(default=30.0, description="MQTT keepalive interval")
     max_inflight: int = Field(
         default=100, ge=1, le=65535, description="Messages sent but not yet acknowledged (PUBACK)"
     )
-    reconnect_max: Duration = Field(
+    reconnect_max: BackoffCap = Field(
         default=60.0, description="Longest wait between reconnect attempts (backoff cap)"
     )
+    protocol: Literal["3.1.1", "5"] = Field(default="3.1.1", description="MQTT version")
+    username: str | None = Field(default=None, min_length=1, max_length=256, pattern=r"^[^\x00]+$")
+    # No inline password: a config file is copied, mailed and pasted into tickets.
+    password_file: LocalPath | None = Field(
+        default=None, description="File holding the broker password (one line)"
+    )
+    password_credential: Name | None = Field(
+        default=None,
+        description="Name of a systemd credential (LoadCredential=) holding the password",
+    )
+    tls: MqttTls | None = Field(default=None, description="TLS to the broker (port 8883, often)")
+
+    @model_validator(mode="after")
+    def _password_from_one_place(self) -> MqttConfig:
+        if self.password_file is not None and self.password_credential is not None:
+            raise ValueError("give password_file or password_credential, not both")
+        if (self.password_file or self.password_credential) and self.username is None:
+            raise ValueError("a password needs a username: add mqtt.username")
+        return self
 
 
 class BufferConfig(StrictModel):
     """The local store-and-forward buffer."""
 
-    path: Path = Field(
+    path: DatabasePath = Field(
         default=Path("/var/lib/fieldgate/buffer.db"), description="SQLite file of the buffer"
     )
     max_size: Size = Field(default=512 * 10**6, description="Largest the buffer may grow")
     max_age: Duration = Field(default=30 * 86400.0, description="Oldest reading kept")
+    commit_delay: Annotated[Duration, DurationBounds(at_most=1.0)] = Field(
+        default=0.01,
+        description=(
+            "Group commit: readings submitted within this long of the first go to disk in one "
+            "transaction (one fsync); a poll counts as done when its group is on disk"
+        ),
+    )
+    memory_queue: int = Field(
+        default=10_000,
+        ge=0,
+        description=(
+            "Readings held in memory while the disk fails (full, read-only, locked); beyond "
+            "this the oldest are dropped, counted and reported"
+        ),
+    )
+    replay_rate: float = Field(
+        default=6000.0,
+        ge=0,
+        allow_inf_nan=False,
+        description=(
+            "Messages per second at most for the backlog after an outage (sent behind live "
+            "readings, marked historical); 0 for no limit"
+        ),
+    )
 
 
 class _BusChosen(dict[str, Any]):
@@ -83,12 +168,25 @@ def _device_tag(device: Any) -> str | None:
     return None
 
 
+class MetricsConfig(StrictModel):
+    """Prometheus metrics over HTTP (GET /metrics)."""
+
+    listen: IpAddress = Field(
+        default="127.0.0.1",
+        description="Address to listen on: localhost by default; 0.0.0.0 exposes it to the LAN",
+    )
+    port: int = Field(default=9464, ge=1, le=65535)
+
+
 class GatewayConfig(StrictModel):
     """A fieldgate configuration file."""
 
     gateway: GatewaySection
     mqtt: MqttConfig
     buffer: BufferConfig = BufferConfig()
+    metrics: MetricsConfig | None = Field(
+        default=None, description="A Prometheus endpoint; none unless this section is given"
+    )
     buses: list[BusConfig] = Field(min_length=1)
     devices: list[
         Annotated[

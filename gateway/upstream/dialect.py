@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from gateway.events import BufferedEvent
 from gateway.readings import BufferedReading
 from gateway.upstream.messages import OutgoingMessage
 
@@ -26,9 +27,15 @@ class Dialect(Protocol):
         """Published first on every connection, before any reading."""
         ...
 
-    def reading(self, buffered: BufferedReading) -> OutgoingMessage:
+    def reading(self, buffered: BufferedReading, *, historical: bool = False) -> OutgoingMessage:
         """The message for one buffered reading. QoS 1 is what makes delete-on-PUBACK mean
-        "the broker has it"."""
+        "the broker has it". ``historical``: it waited out an outage and is sent behind the
+        live readings (the dialect decides how the fleet sees that)."""
+        ...
+
+    def event(self, buffered: BufferedEvent) -> OutgoingMessage:
+        """The message for one gateway event (a dropped range, the buffer failing or working
+        again, a damaged buffer file replaced)."""
         ...
 
     def goodbye(self) -> OutgoingMessage:

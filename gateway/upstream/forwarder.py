@@ -2,10 +2,15 @@
 only after the broker's PUBACK (QoS 1).
 
 It connects with the dialect's will, publishes the dialect's birth, then pumps: up to
-``max_inflight`` readings unacknowledged, acknowledged ones deleted in batches. After a
+``max_inflight`` messages unacknowledged, acknowledged ones deleted in batches. After a
 disconnect it reconnects with capped, jittered backoff (a new session each time) and resends
-from the oldest reading still in the buffer, so order holds and a duplicate (at least once)
-carries the same ``seq``.
+what is still in the buffer, so a duplicate (at least once) carries the same ``seq``.
+
+Replay: what waits in the buffer when a session starts is the backlog. Readings stored after
+that (live) go first, oldest first; the backlog drains behind them, oldest first, at most
+``replay_rate`` messages a second, each marked historical by the dialect, so a broker and its
+rate limits are not flooded after an outage. Order holds within live and within backlog.
+Gateway events (drops, the buffer failing) go before either.
 
 Nothing that goes wrong here ends the task, only cancellation does: the broker's failures are
 reported through the uplink's health, the buffer's through the buffer's health (a full or
@@ -26,9 +31,11 @@ from gateway.buffer import Buffer
 from gateway.clock import Clock
 from gateway.config.model import MqttConfig
 from gateway.errors import StorageError, UplinkError
+from gateway.events import BufferedEvent
 from gateway.health import PartHealth
 from gateway.upstream.dialect import Dialect
 from gateway.upstream.messages import OutgoingMessage
+from gateway.upstream.security import password_source, tls_settings
 from gateway.upstream.session import MqttSession
 
 log = logging.getLogger(__name__)
@@ -39,6 +46,33 @@ _T = TypeVar("_T")
 _DELETE_BATCH = 200
 #: How long the pump waits for an acknowledgement or a new reading before it looks again.
 _IDLE_WAIT = 1.0
+
+
+class Pace:
+    """A token bucket on a monotonic clock: at most ``rate`` a second, bursts up to ``burst``.
+    ``rate`` 0 means no limit. Pure, so it is tested with numbers, not by sleeping."""
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self._rate = rate
+        self._burst = max(1, burst)
+        self._tokens = float(self._burst) if rate == 0 else 0.0
+        self._at = now
+
+    def take(self, wanted: int, now: float) -> int:
+        """How many of ``wanted`` may go now (and count them as gone)."""
+        if self._rate == 0:
+            return wanted
+        self._tokens = min(float(self._burst), self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        granted = min(wanted, int(self._tokens))
+        self._tokens -= granted
+        return granted
+
+    def wait(self) -> float:
+        """Seconds until one more may go."""
+        if self._rate == 0 or self._tokens >= 1:
+            return 0.0
+        return (1 - self._tokens) / self._rate
 
 
 class Forwarder:
@@ -54,9 +88,11 @@ class Forwarder:
         buffer_health: PartHealth,
         *,
         gateway_id: str,
+        replay_rate: float = 0.0,
     ) -> None:
         """``gateway_id`` names the client (``fieldgate-<gateway id>``) unless the config sets
-        ``client_id``; the dialect has the wire's own copy."""
+        ``client_id``; the dialect has the wire's own copy. ``replay_rate``: messages a second
+        at most for the backlog after an outage (0: no limit)."""
         self._config = config
         self._dialect = dialect
         self._buffer = buffer
@@ -64,12 +100,14 @@ class Forwarder:
         self._uplink_health = uplink_health
         self._buffer_health = buffer_health
         self._client_id = config.client_id or f"fieldgate-{gateway_id}"
+        self._replay_rate = replay_rate
         self._connect_backoff = Backoff(base=1.0, cap=config.reconnect_max)
         self._storage_backoff = Backoff(base=0.5, cap=config.reconnect_max)
         self._session: MqttSession | None = None
         #: Acknowledged by the broker, not yet deleted. Kept across sessions (and across failing
         #: deletes): what the broker has must not be sent again after a reconnect.
         self._acked: list[int] = []
+        self._acked_events: list[int] = []
         #: An unexpected error (a bug) was logged with its traceback and has not cleared yet.
         self._fault: str | None = None
 
@@ -115,6 +153,10 @@ class Forwarder:
                 will=self._dialect.will(),
                 # Room for the birth and the goodbye beside a full window of readings.
                 max_inflight=self._config.max_inflight + 1,
+                username=self._config.username,
+                password=password_source(self._config),
+                tls=tls_settings(self._config),
+                protocol=self._config.protocol,
             ) as session:
                 self._session = session
                 self._connected()
@@ -159,39 +201,106 @@ class Forwarder:
         self._publish(session, self._dialect.birth())
         # Rows acknowledged on an earlier connection go first, or they would be read again.
         await self._delete_acked()
-        inflight: dict[int, int] = {}  # message id -> sequence number
-        after_seq = 0
+        await self._delete_acked_events()
+        # message id -> a reading's sequence number, or the event it carries
+        inflight: dict[int, int | BufferedEvent] = {}
+        try:
+            await self._pump(session, inflight)
+        finally:
+            # Events held only in memory that the broker did not acknowledge go next time.
+            self._buffer.give_back(
+                sent.event
+                for sent in inflight.values()
+                if isinstance(sent, BufferedEvent) and sent.event_id is None
+            )
+
+    async def _pump(  # noqa: PLR0912 - one loop: acks, events, live, backlog, deletes, wait
+        self, session: MqttSession, inflight: dict[int, int | BufferedEvent]
+    ) -> None:
+        # Before anything that needs the file: a buffer that cannot even open has its
+        # condition to tell (held in memory), and the first read below waits for the file.
+        if not self._buffer.is_open:
+            for event in await self._buffer.events(0, self._config.max_inflight):
+                inflight[self._publish(session, self._dialect.event(event))] = event
+        backlog_through = await self._storage("read", self._buffer.newest_seq)
+        backlog_after = 0
+        live_after = backlog_through
+        events_after = 0
+        look_for_events = True
+        pace = Pace(self._replay_rate, self._config.max_inflight, self._clock.monotonic())
         while True:
-            # Acknowledgements first: each one is room for another reading.
+            # Acknowledgements first: each one is room for another message.
             self._collect_acks(session, inflight)
             room = self._config.max_inflight - len(inflight)
-            batch = (
-                await self._storage("read", partial(self._buffer.oldest, after_seq, room))
-                if room > 0
-                else []
-            )
-            for buffered in batch:
-                inflight[self._publish(session, self._dialect.reading(buffered))] = buffered.seq
-                after_seq = buffered.seq
-            if self._acked and (len(self._acked) >= _DELETE_BATCH or not batch):
+            sent = 0
+            if room > 0 and (self._buffer.take_event_check() or look_for_events):
+                events = await self._storage(
+                    "read", partial(self._buffer.events, events_after, room)
+                )
+                look_for_events = len(events) >= room
+                for event in events:
+                    inflight[self._publish(session, self._dialect.event(event))] = event
+                    if event.event_id is not None:
+                        events_after = event.event_id
+                room -= len(events)
+                sent += len(events)
+            if room > 0:
+                live = await self._storage("read", partial(self._buffer.oldest, live_after, room))
+                for buffered in live:
+                    message = self._dialect.reading(buffered)
+                    inflight[self._publish(session, message)] = buffered.seq
+                    live_after = buffered.seq
+                room -= len(live)
+                sent += len(live)
+            if room > 0 and backlog_after < backlog_through:
+                allowed = pace.take(room, self._clock.monotonic())
+                backlog = (
+                    await self._storage(
+                        "read",
+                        partial(self._buffer.oldest, backlog_after, allowed, backlog_through),
+                    )
+                    if allowed
+                    else []
+                )
+                for buffered in backlog:
+                    message = self._dialect.reading(buffered, historical=True)
+                    inflight[self._publish(session, message)] = buffered.seq
+                    backlog_after = buffered.seq
+                if allowed and len(backlog) < allowed:
+                    backlog_after = backlog_through  # the rest of the backlog is gone (limits)
+                sent += len(backlog)
+            if self._acked and (len(self._acked) >= _DELETE_BATCH or not sent):
                 await self._delete_acked()
-            if batch:
+            if self._acked_events:
+                await self._delete_acked_events()
+            if sent:
                 continue
             if inflight:
                 await session.wait_for_acks(timeout=_IDLE_WAIT)
             else:
-                await self._buffer.wait_appended(timeout=_IDLE_WAIT)
+                paced = backlog_after < backlog_through
+                wait = min(_IDLE_WAIT, pace.wait()) if paced else _IDLE_WAIT
+                await self._buffer.wait_appended(timeout=wait)
             session.raise_if_lost()
 
     @staticmethod
     def _publish(session: MqttSession, message: OutgoingMessage) -> int:
         return session.publish(message.topic, message.payload, message.qos, message.retain)
 
-    def _collect_acks(self, session: MqttSession, inflight: dict[int, int]) -> None:
+    def _collect_acks(self, session: MqttSession, inflight: dict[int, int | BufferedEvent]) -> None:
         for mid in session.take_acknowledged():
-            seq = inflight.pop(mid, None)  # None: the birth's or the goodbye's
-            if seq is not None:
-                self._acked.append(seq)
+            sent = inflight.pop(mid, None)  # None: the birth's or the goodbye's
+            if isinstance(sent, int):
+                self._acked.append(sent)
+            elif sent is not None and sent.event_id is not None:
+                self._acked_events.append(sent.event_id)
+
+    async def _delete_acked_events(self) -> None:
+        if not self._acked_events:
+            return
+        acked = list(self._acked_events)
+        await self._storage("delete", partial(self._buffer.delete_events, acked))
+        del self._acked_events[: len(acked)]
 
     async def _delete_acked(self) -> None:
         """Delete what the broker acknowledged, retrying until the buffer takes it. Nothing new

@@ -19,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -30,6 +31,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.errors import BrokerRefused, BrokerUnavailable, SubscriptionRefused
 from gateway.upstream.messages import IncomingMessage, OutgoingMessage
+from gateway.upstream.security import PasswordSource, TlsSettings, describe_tls_failure
 
 log = logging.getLogger(__name__)
 
@@ -61,30 +63,45 @@ class MqttSession:
         will: OutgoingMessage | None = None,
         max_inflight: int = 20,
         username: str | None = None,
-        password: str | None = None,
+        password: str | PasswordSource | None = None,
+        tls: TlsSettings | None = None,
+        protocol: Literal["3.1.1", "5"] = "3.1.1",
         connect_timeout: float = 10.0,
         incoming_limit: int = 1000,
     ) -> None:
+        """``password`` is the password itself, or where to read it on each connect (never on
+        the event loop: see :mod:`gateway.upstream.security`, as for ``tls``)."""
         self._host = host
         self._port = port
         # paho takes whole seconds; 0 would switch keepalive off.
         self._keepalive = max(1, round(keepalive))
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=True,
-            protocol=mqtt.MQTTv311,
-            # Otherwise paho answers some CONNACK refusals by reconnecting itself, with a
-            # blocking connect on the loop's thread.
-            reconnect_on_failure=False,
-        )
+        # reconnect_on_failure=False: otherwise paho answers some CONNACK refusals by
+        # reconnecting itself, with a blocking connect on the loop's thread.
+        if protocol == "5":
+            # MQTT 5 has clean_start (paho's default: on the first connect, and each client
+            # connects once) instead of a clean session.
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id,
+                protocol=mqtt.MQTTv5,
+                reconnect_on_failure=False,
+            )
+        else:
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id,
+                clean_session=True,
+                protocol=mqtt.MQTTv311,
+                reconnect_on_failure=False,
+            )
         client.connect_timeout = connect_timeout
         if will is not None:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
-        if username is not None:
-            client.username_pw_set(username, password)
+        self._username = username
+        self._password = password
+        self._tls = tls
         client.max_inflight_messages_set(max_inflight)
         client.max_queued_messages_set(0)  # no limit: the caller bounds what it sends
         client.on_connect = self._on_connect
@@ -232,7 +249,9 @@ class MqttSession:
     # -- connecting and closing ---------------------------------------------------------------
 
     async def _connect(self) -> None:
-        attempt = _ConnectThread(self._loop, self._client, self._host, self._port, self._keepalive)
+        attempt = _ConnectThread(
+            self._loop, self._client, self._host, self._port, self._keepalive, prepare=self._prepare
+        )
         self._client_on_thread = True
         attempt.start()
         try:
@@ -248,9 +267,30 @@ class MqttSession:
         self._misc_task = asyncio.create_task(self._misc_loop(), name=f"mqtt-misc {self.where}")
         reason = await self._answer(self._connack, _ANSWER_TIMEOUT, "no CONNACK")
         if reason is None:
+            if self._tls is not None:
+                # With TLS 1.3 the broker's verdict on our certificate comes after the
+                # handshake, as a closed connection: the likeliest cause, named.
+                raise BrokerRefused(
+                    f"{self.where} closed the connection before CONNACK: it did not accept "
+                    "our client certificate, or wants one; check mqtt.tls.cert_file and "
+                    "key_file (present, signed by a CA the broker trusts, not expired)",
+                    reason="closed before CONNACK",
+                )
             raise BrokerUnavailable(f"{self.where} closed the connection before CONNACK")
         if reason.is_failure:
             raise self._refusal(str(reason))
+
+    def _prepare(self) -> None:
+        """On the connect thread: the file reads that TLS and the password need."""
+        if self._tls is not None:
+            self._client.tls_set_context(self._tls.context())
+            if not self._tls.verify_hostname:
+                self._client.tls_insecure_set(True)
+        if self._username is not None:
+            password = self._password
+            if isinstance(password, PasswordSource):
+                password = password.read()
+            self._client.username_pw_set(self._username, password)
 
     def _refusal(self, reason: str) -> BrokerUnavailable | BrokerRefused:
         if reason in _TRANSIENT_REFUSALS:
@@ -415,8 +455,11 @@ class _ConnectThread:
         host: str,
         port: int,
         keepalive: int,
+        *,
+        prepare: Callable[[], None],
     ) -> None:
         self._loop = loop
+        self._prepare = prepare
         self._client = client
         self._host = host
         self._port = port
@@ -444,11 +487,19 @@ class _ConnectThread:
     def _run(self) -> None:
         error: BaseException | None = None
         try:
+            self._prepare()
             rc = self._client.connect(self._host, self._port, self._keepalive)
             if rc != mqtt.MQTT_ERR_SUCCESS:
                 error = BrokerUnavailable(
                     f"cannot connect to {self._host}:{self._port}: {mqtt.error_string(rc)}"
                 )
+        except ssl.SSLError as exc:  # the broker's certificate, or ours, was not accepted
+            _close_sockets_left_in(exc)
+            error = BrokerRefused(
+                f"cannot connect to {self._host}:{self._port}: "
+                f"{describe_tls_failure(exc, self._host)}",
+                reason="TLS handshake failed",
+            )
         except OSError as exc:  # refused, unreachable, timed out, name not resolved
             error = BrokerUnavailable(f"cannot connect to {self._host}:{self._port}: {exc}")
         except Exception as exc:  # noqa: BLE001 - handed to the loop, which raises it
@@ -477,3 +528,14 @@ class _ConnectThread:
         sock = self._client.socket()
         if sock is not None:
             sock.close()
+
+
+def _close_sockets_left_in(exc: BaseException) -> None:
+    """paho leaves the socket of a failed TLS handshake open (its ``_ssl_wrap_socket`` raises
+    from ``do_handshake`` without closing it); close what the failing frames still hold."""
+    frame_of = exc.__traceback__
+    while frame_of is not None:
+        for value in frame_of.tb_frame.f_locals.values():
+            if isinstance(value, socket.socket):
+                value.close()
+        frame_of = frame_of.tb_next

@@ -3,8 +3,18 @@
     fieldgate-sim modbus-tcp --host 127.0.0.1 --port 5020 --unit 1 --unit 2 --meters 3
 
 serves SDM630 meters with unit ids 1 and 2 on each of ports 5020, 5021 and 5022 (port 0: every
-server gets a free port from the kernel). One line per server goes to stdout once it accepts
-connections, so a parent process can wait for it; SIGINT or SIGTERM stops it with exit status 0.
+server gets a free port from the kernel).
+
+    fieldgate-sim modbus-rtu --baud 9600 --unit 1 --unit 2 --unit 3 --fault 2:silent
+    fieldgate-sim modbus-rtu-tcp --port 4001 --unit 1 --fault 1:crc=0.01
+
+serve the meters on a simulated RS-485 line (a pseudo-terminal whose relay holds each byte for
+its wire time; the port to open is printed) or as RTU frames over TCP (a serial device server).
+`--fault UNIT:KIND[=VALUE]` gives a unit a fault: silent, slow=SECONDS, busy, refuse=START-END
+(holding and input), crc=RATE, wrong-fc, truncate, tid0, garbage, disconnect.
+
+One line per server goes to stdout once it accepts connections, so a parent process can wait for
+it; SIGINT or SIGTERM stops it with exit status 0.
 """
 
 from __future__ import annotations
@@ -16,7 +26,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from fieldgate_sim.modbus_server import MeterServer, Sdm630Meter
+from fieldgate_sim.modbus_server import Faults, MeterServer, Sdm630Meter
+from fieldgate_sim.serial_line import SerialLine
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +70,88 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="number of servers, on ports PORT..PORT+N-1 (default: %(default)s)",
     )
+    for name, text in (
+        ("modbus-rtu", "serve simulated SDM630 meters on a simulated RS-485 line (a pty)"),
+        ("modbus-rtu-tcp", "serve simulated SDM630 meters as RTU frames over TCP"),
+    ):
+        rtu = commands.add_parser(name, help=text)
+        rtu.add_argument("--unit", type=int, action="append", dest="units", metavar="ID")
+        rtu.add_argument("--fault", action="append", default=[], metavar="UNIT:KIND[=VALUE]")
+        if name == "modbus-rtu":
+            rtu.add_argument("--baud", type=int, default=9600, help="line speed (9600)")
+            rtu.add_argument("--bits-per-char", type=int, choices=[10, 11], default=10)
+        else:
+            rtu.add_argument("--host", default="127.0.0.1")
+            rtu.add_argument("--port", type=int, default=4001)
     return parser
+
+
+def parse_fault(text: str) -> tuple[int, Faults]:
+    """``UNIT:KIND[=VALUE]`` (see the module's doc) as a unit id and its faults."""
+    unit_text, _, rest = text.partition(":")
+    kind, _, value = rest.partition("=")
+    faults = Faults()
+    match kind:
+        case "silent":
+            faults.silent = True
+        case "slow":
+            faults.delay_s = float(value)
+        case "busy":
+            faults.exception_code = 6
+        case "refuse":
+            first, _, last = value.partition("-")
+            faults.refuse = [
+                (t, int(first, 0), int(last or first, 0)) for t in ("holding", "input")
+            ]
+        case "crc":
+            faults.corrupt_rate = float(value)
+        case "wrong-fc":
+            faults.wrong_function_code = True
+        case "truncate":
+            faults.truncate = True
+        case "tid0":
+            faults.zero_transaction_id = True
+        case "garbage":
+            faults.garbage = True
+        case "disconnect":
+            faults.disconnect = True
+        case _:
+            raise ValueError(f"unknown fault {kind!r}")
+    return int(unit_text), faults
+
+
+async def _serve_rtu(args: argparse.Namespace, units: list[int]) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in _STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop.set)
+    meters = [Sdm630Meter(unit) for unit in units]
+    line = (
+        SerialLine(meters, args.baud, args.bits_per_char) if args.command == "modbus-rtu" else None
+    )
+    server = line.server if line else MeterServer(meters, args.host, args.port, framing="rtu")
+    try:
+        if line:
+            await line.start()
+            where = f"serial line {line.path} ({args.baud} baud)"
+        else:
+            await server.start()
+            where = f"RTU over TCP on {server.host}:{server.port}"
+        for fault in args.fault:
+            server.set_faults(*parse_fault(fault))
+        print(f"serving SDM630 units {', '.join(map(str, units))} on {where}", flush=True)
+        await stop.wait()
+    except (OSError, ValueError) as exc:
+        print(f"fieldgate-sim: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if line:
+            await line.stop()
+        else:
+            await server.stop()
+        for signum in _STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+    return 0
 
 
 def _check_modbus_tcp(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[int]:
@@ -118,5 +210,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "modbus-tcp":
         units = _check_modbus_tcp(parser, args)
         return asyncio.run(_serve_modbus_tcp(args.host, args.port, units, args.meters))
+    if args.command in {"modbus-rtu", "modbus-rtu-tcp"}:
+        for fault in args.fault:
+            try:
+                parse_fault(fault)
+            except ValueError as exc:
+                parser.error(f"--fault {fault}: {exc}")
+        return asyncio.run(_serve_rtu(args, args.units or [1]))
     parser.error(f"unknown command {args.command!r}")
     return 2  # unreachable: parser.error exits

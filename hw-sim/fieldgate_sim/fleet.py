@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -35,7 +36,14 @@ class FleetSubscriber:
         topic: str = "#",
         host: str = "127.0.0.1",
         on_message: Callable[[Received], None] | None = None,
+        *,
+        ca_file: Path | None = None,
+        client_cert: tuple[Path, Path] | None = None,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
+        """``ca_file``: speak TLS to a broker whose certificate that CA signed;
+        ``client_cert``: (certificate, key) for a broker that wants mutual TLS."""
         self._host, self._port, self._topic = host, port, topic
         self._callback = on_message
         self._lock = threading.Lock()
@@ -48,6 +56,15 @@ class FleetSubscriber:
             client_id=f"fleet-{uuid.uuid4().hex[:12]}",
             clean_session=False,
         )
+        if ca_file is not None:
+            cert, key = client_cert or (None, None)
+            self._client.tls_set(
+                ca_certs=str(ca_file),
+                certfile=str(cert) if cert else None,
+                keyfile=str(key) if key else None,
+            )
+        if username is not None:
+            self._client.username_pw_set(username, password)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message

@@ -11,21 +11,27 @@ servers on a background loop for synchronous tests and benchmarks.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import random
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self, TypeVar
 
 from pymodbus.constants import ExcCodes
+from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from fieldgate_sim.sdm630 import MAX_MODEL_TIME, Sdm630Model
 
 __all__ = [
+    "Faults",
     "MeterServer",
     "RegisterBank",
     "RunningServer",
@@ -45,6 +51,19 @@ _T = TypeVar("_T")
 
 _TABLE_FUNCTION_CODE: dict[str, int] = {"holding": 3, "input": 4}
 _FUNCTION_CODE_TABLE: dict[int, Table] = {3: "holding", 4: "input"}
+_BIT_FUNCTION_CODE_TABLE: dict[int, str] = {1: "coil", 2: "discrete_input"}
+
+
+def _crc(data: bytes) -> bytes:
+    """Modbus RTU CRC-16, low byte first (written here, apart from the driver's)."""
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc.to_bytes(2, "little")
+
+
 _READ_FUNCTION_CODES = frozenset({1, 2, 3, 4})
 # Modbus TCP (MBAP) frame: transaction id (2), protocol id (2), length (2), unit id, function code.
 _MBAP_UNIT_ID = 6
@@ -53,9 +72,44 @@ _CALL_TIMEOUT_S = 10.0
 _BIT_TABLE_SIZE = 16
 
 
-def _bit_table() -> list[SimData]:
-    # pymodbus requires all four tables in non-shared mode; our devices have no coils or inputs.
-    return [SimData(address=0, count=_BIT_TABLE_SIZE, values=False, datatype=DataType.BITS)]
+def _bit_table(values: list[bool] | None = None) -> list[SimData]:
+    # pymodbus requires all four tables in non-shared mode.
+    if not values:
+        return [SimData(address=0, count=_BIT_TABLE_SIZE, values=False, datatype=DataType.BITS)]
+    return [SimData(address=0, values=values, datatype=DataType.BITS)]
+
+
+Framing = Literal["mbap", "rtu"]
+
+
+@dataclass
+class Faults:
+    """What one simulated slave does wrong. Set with `MeterServer.set_faults`; every field is
+    independent. Faults act on the answer as it leaves the server, as a broken meter or a noisy
+    line would."""
+
+    #: Never answer (an absent or unpowered slave).
+    silent: bool = False
+    #: Seconds to wait before answering (a slow meter; longer than the client's timeout makes
+    #: its answers arrive late, after the client gave up).
+    delay_s: float = 0.0
+    #: (table, first, last) address ranges answered with exception 2 (illegal data address).
+    refuse: list[tuple[str, int, int]] = field(default_factory=list)
+    #: Exception code answered to every request (5 acknowledge, 6 busy ...), or None.
+    exception_code: int | None = None
+    #: Fraction of answers whose last byte is corrupted (RTU: the CRC no longer matches).
+    corrupt_rate: float = 0.0
+    #: Answer with another function code.
+    wrong_function_code: bool = False
+    #: Send only the first half of the answer.
+    truncate: bool = False
+    #: Answer with MBAP transaction id 0 (Modbus TCP only).
+    zero_transaction_id: bool = False
+    #: Send bytes that are no frame at all instead of the answer.
+    garbage: bool = False
+    #: Close the client's connection instead of answering.
+    disconnect: bool = False
+    seed: int = 0
 
 
 def _register_table(values: list[int]) -> list[SimData]:
@@ -78,6 +132,26 @@ def _check_table(table: str) -> Table:
     raise ValueError(f"table must be 'holding' or 'input', got {table!r}")
 
 
+class _PerConnectionTraceServer(ModbusTcpServer):
+    """Gives the trace hook the connection a frame belongs to (pymodbus's hook gets only the
+    bytes), so a fault can hold an answer back and send it later on that connection, or close
+    just that connection."""
+
+    def __init__(
+        self,
+        *args: Any,
+        trace: Callable[[ServerRequestHandler, bool, bytes], bytes],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._trace = trace
+
+    def callback_new_connection(self) -> ServerRequestHandler:
+        handler = ServerRequestHandler(self, None, self.trace_pdu, self.trace_connect)  # type: ignore[no-untyped-call]
+        handler.trace_packet = functools.partial(self._trace, handler)
+        return handler
+
+
 class SimulatedDevice(ABC):
     """A device a `MeterServer` serves under one unit id."""
 
@@ -93,6 +167,10 @@ class SimulatedDevice(ABC):
     @abstractmethod
     def initial_registers(self) -> tuple[list[int], list[int]]:
         """(holding, input) register tables as served from address 0 when the server starts."""
+
+    def initial_bits(self) -> tuple[list[bool], list[bool]]:
+        """(coils, discrete inputs) as served from address 0; none by default."""
+        return [], []
 
     @abstractmethod
     def refresh(
@@ -154,8 +232,13 @@ class RegisterBank(SimulatedDevice):
         holding: list[int] | None = None,
         input: list[int] | None = None,
         size: int = 256,
+        *,
+        coils: list[bool] | None = None,
+        discrete_inputs: list[bool] | None = None,
     ) -> None:
         super().__init__(unit_id)
+        self._coils = list(coils or [])
+        self._discrete_inputs = list(discrete_inputs or [])
         if not 1 <= size <= 0xFFFF:
             raise ValueError(f"size must be within 1..65535, got {size}")
         self.size = size
@@ -170,6 +253,9 @@ class RegisterBank(SimulatedDevice):
 
     def initial_registers(self) -> tuple[list[int], list[int]]:
         return list(self._holding), list(self._input)
+
+    def initial_bits(self) -> tuple[list[bool], list[bool]]:
+        return list(self._coils), list(self._discrete_inputs)
 
     def refresh(
         self,
@@ -193,7 +279,11 @@ class MeterServer:
     """
 
     def __init__(
-        self, devices: Sequence[SimulatedDevice], host: str = "127.0.0.1", port: int = 0
+        self,
+        devices: Sequence[SimulatedDevice],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        framing: Framing = "mbap",
     ) -> None:
         if not devices:
             raise ValueError("a MeterServer needs at least one device")
@@ -210,6 +300,11 @@ class MeterServer:
         self._silent_all = False
         self._silent_units: set[int] = set()
         self._requests_served = 0
+        self._framing: Framing = framing
+        self._faults: dict[int, Faults] = {}
+        self._random: dict[int, random.Random] = {}
+        #: Requests received per unit id (whatever became of them), for tests and bench.
+        self.requests_received: dict[int, int] = {}
 
     @property
     def host(self) -> str:
@@ -244,10 +339,11 @@ class MeterServer:
                 simdata=(_bit_table(), _bit_table(), _register_table([0]), _register_table([0])),
             )
         )
-        server = ModbusTcpServer(
+        server = _PerConnectionTraceServer(
             sim_devices,
             address=(self._host, self._requested_port),
-            trace_packet=self._trace_packet,
+            framer=FramerType.RTU if self._framing == "rtu" else FramerType.SOCKET,
+            trace=self._trace_packet,
         )
         self._t0 = time.monotonic()
         try:
@@ -351,8 +447,22 @@ class MeterServer:
                 f"unit id {unit_id} is not served here (serving {sorted(self._devices)})"
             )
 
+    def set_faults(self, unit_id: int, faults: Faults | None) -> None:
+        """Give one unit id these faults (None: none). Call from the server's event loop."""
+        self._check_unit(unit_id)
+        if faults is None:
+            self._faults.pop(unit_id, None)
+            return
+        self._faults[unit_id] = faults
+        self._random[unit_id] = random.Random(faults.seed)  # noqa: S311 - simulated line noise
+
     def _is_silent(self, unit_id: int) -> bool:
-        return self._silent_all or unit_id in self._silent_units
+        faults = self._faults.get(unit_id)
+        return (
+            self._silent_all
+            or unit_id in self._silent_units
+            or (faults is not None and faults.silent)
+        )
 
     def _sim_device(self, device: SimulatedDevice) -> SimDevice:
         holding, input_registers = device.initial_registers()
@@ -372,6 +482,14 @@ class MeterServer:
                 # An absent slave never receives the write; its (exception) answer is dropped.
                 return ExcCodes.DEVICE_FAILURE if self._is_silent(device.unit_id) else None
             table = _FUNCTION_CODE_TABLE.get(function_code)
+            faults = self._faults.get(device.unit_id)
+            if faults is not None:
+                if faults.exception_code is not None:
+                    return ExcCodes(faults.exception_code)
+                fault_table = _BIT_FUNCTION_CODE_TABLE.get(function_code, table)
+                for refused_table, first, last in faults.refuse:
+                    if refused_table == fault_table and address <= last and address + count > first:
+                        return ExcCodes.ILLEGAL_ADDRESS
             if table is not None:
                 device.refresh(
                     table,
@@ -383,28 +501,79 @@ class MeterServer:
                 )
             return None
 
+        coils, discrete_inputs = device.initial_bits()
         return SimDevice(
             id=device.unit_id,
             simdata=(
-                _bit_table(),
-                _bit_table(),
+                _bit_table(coils),
+                _bit_table(discrete_inputs),
                 _register_table(holding),
                 _register_table(input_registers),
             ),
             action=action,
         )
 
-    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+    def _trace_packet(self, connection: ServerRequestHandler, sending: bool, data: bytes) -> bytes:
         # Frames are dropped on the way out, not on the way in: for a received frame b"" makes
         # pymodbus consume nothing, so the request would stay buffered and be answered later.
-        if not sending or len(data) <= _MBAP_FUNCTION_CODE:
+        unit_at, code_at = (
+            (0, 1) if self._framing == "rtu" else (_MBAP_UNIT_ID, _MBAP_FUNCTION_CODE)
+        )
+        if len(data) <= code_at:
             return data
-        unit_id = data[_MBAP_UNIT_ID]
+        unit_id = data[unit_at]
+        if not sending:
+            self.requests_received[unit_id] = self.requests_received.get(unit_id, 0) + 1
+            return data
         if unit_id not in self._devices or self._is_silent(unit_id):
             return b""
-        if data[_MBAP_FUNCTION_CODE] in _READ_FUNCTION_CODES:
+        faults = self._faults.get(unit_id)
+        if faults is not None:
+            data = self._faulty(connection, unit_id, faults, data, code_at)
+        elif data[code_at] in _READ_FUNCTION_CODES:
             self._requests_served += 1
         return data
+
+    def _faulty(
+        self,
+        connection: ServerRequestHandler,
+        unit_id: int,
+        faults: Faults,
+        data: bytes,
+        code_at: int,
+    ) -> bytes:
+        rtu = self._framing == "rtu"
+        frame = bytearray(data)
+        if faults.disconnect:
+            asyncio.get_running_loop().call_soon(connection.close)
+            return b""
+        if faults.garbage:
+            return bytes([0xDE, 0xAD, 0xBE, 0xEF, 0x00, 0x01, 0x02])
+        if faults.wrong_function_code:
+            frame[code_at] = 0x11 if frame[code_at] != 0x11 else 0x03
+        if faults.zero_transaction_id and not rtu:
+            frame[0:2] = b"\x00\x00"
+        if rtu and (faults.wrong_function_code):
+            frame[-2:] = _crc(bytes(frame[:-2]))
+        if faults.truncate:
+            frame = frame[: max(1, len(frame) // 2)]
+        if faults.corrupt_rate and self._random[unit_id].random() < faults.corrupt_rate:
+            frame[-1] ^= 0xFF
+        if frame[code_at] in _READ_FUNCTION_CODES and bytes(frame) == data:
+            self._requests_served += 1
+        if faults.delay_s:
+            # Held back and sent on its own connection later, as a slow meter does (pymodbus's
+            # own handler would stamp a delayed answer with the next request's transaction id).
+            asyncio.get_running_loop().call_later(
+                faults.delay_s, self._send_late, connection, bytes(frame)
+            )
+            return b""
+        return bytes(frame)
+
+    @staticmethod
+    def _send_late(connection: ServerRequestHandler, frame: bytes) -> None:
+        if connection.transport is not None:
+            connection.transport.write(frame)  # type: ignore[attr-defined]
 
     @staticmethod
     def _bound_port(server: ModbusTcpServer) -> int:
@@ -506,6 +675,18 @@ class RunningServer:
 
         self._loop_thread.run(apply())
 
+    def set_faults(self, unit_id: int, faults: Faults | None) -> None:
+        """Give `unit_id` these faults (None: none); takes effect before this returns."""
+
+        async def apply() -> None:
+            self._server.set_faults(unit_id, faults)
+
+        self._loop_thread.run(apply())
+
+    def requests_received(self, unit_id: int) -> int:
+        """Requests that reached the server for `unit_id` so far."""
+        return self._server.requests_received.get(unit_id, 0)
+
     def set_registers(self, unit_id: int, table: Table, address: int, values: list[int]) -> None:
         self._loop_thread.run(self._server.set_registers(unit_id, table, address, values))
 
@@ -572,10 +753,14 @@ class ServerFleet:
 
 
 def start_in_thread(
-    devices: Sequence[SimulatedDevice], host: str = "127.0.0.1", port: int = 0
+    devices: Sequence[SimulatedDevice],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    framing: Framing = "mbap",
 ) -> RunningServer:
-    """Serve `devices` on one port from a background thread; port=0 picks a free port."""
-    server = MeterServer(devices, host, port)
+    """Serve `devices` on one port from a background thread; port=0 picks a free port.
+    framing="rtu" serves RTU frames over TCP (a serial device server in transparent mode)."""
+    server = MeterServer(devices, host, port, framing)
     loop_thread = _LoopThread(f"fieldgate-sim {host}:{port}")
     try:
         loop_thread.run(server.start())

@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -24,6 +25,17 @@ def find_mosquitto() -> str:
     if found is None:
         raise FileNotFoundError("mosquitto is not installed: apt-get install mosquitto")
     return found
+
+
+@dataclass(frozen=True)
+class BrokerTls:
+    """The broker's side of TLS: its certificate and key, and the CA its clients' certificates
+    must come from."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    require_certificate: bool = False
 
 
 def find_mosquitto_passwd() -> str:
@@ -47,14 +59,18 @@ class MosquittoBroker:
     ``start()`` again on the same port simulate an outage.
 
     With ``users`` (name -> password) only those users may connect (``allow_anonymous false``).
+    With ``tls`` the listener speaks TLS only, with that certificate, and asks clients for
+    certificates of that CA when ``tls.require_certificate``.
     """
 
     def __init__(
         self,
         port: int | None = None,
         users: Mapping[str, str] | None = None,
+        tls: BrokerTls | None = None,
     ) -> None:
         self.host = "127.0.0.1"
+        self._tls = tls
         self.port = port or free_port()
         self._users = dict(users or {})
         self._dir = Path(tempfile.mkdtemp(prefix="fieldgate-mosquitto-"))
@@ -66,15 +82,20 @@ class MosquittoBroker:
 
     def start(self, timeout: float = 5.0) -> None:
         config = self._dir / "mosquitto.conf"
-        config.write_text(
-            f"listener {self.port} 127.0.0.1\n"
+        settings = (
             # Persistence, so that a stop/start outage keeps subscribers' sessions and queues.
             "persistence true\n"
             f"persistence_location {self._dir}/\n"
             "log_dest stdout\n"
             # The default per-client queue (1000) drops QoS 1 messages in bulk tests.
             "max_queued_messages 0\n"
-            "max_inflight_messages 0\n" + self._access_config()
+            "max_inflight_messages 0\n"
+        )
+        config.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            + self._tls_config()
+            + settings
+            + self._access_config()
         )
         config.chmod(0o644)
         with self.log_path.open("ab") as log:
@@ -99,6 +120,27 @@ class MosquittoBroker:
             time.sleep(0.01)
         self.stop()
         raise RuntimeError(f"mosquitto did not listen on port {self.port} within {timeout}s")
+
+    def _tls_config(self) -> str:
+        if self._tls is None:
+            return ""
+        # Copied into the broker's own directory: run as root, mosquitto drops to a user that
+        # cannot read a test's private temporary directory.
+        copies = {}
+        for name, source in (
+            ("ca.crt", self._tls.ca_file),
+            ("server.crt", self._tls.cert_file),
+            ("server.key", self._tls.key_file),
+        ):
+            copy = self._dir / name
+            shutil.copyfile(source, copy)
+            copy.chmod(0o644)
+            copies[name] = copy
+        return (
+            f"cafile {copies['ca.crt']}\ncertfile {copies['server.crt']}\n"
+            f"keyfile {copies['server.key']}\n"
+            f"require_certificate {'true' if self._tls.require_certificate else 'false'}\n"
+        )
 
     def _access_config(self) -> str:
         if not self._users:

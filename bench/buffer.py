@@ -1,0 +1,262 @@
+"""The buffer's figures: ingest with group commit against one commit per reading (readings/s,
+commits, bytes written to the disk per reading from /proc/self/io), the drain rate to a local
+Mosquitto, and the time to drain a day of 100 meters (864k readings) while live readings keep
+arriving (their latency from read to the broker, p50/p99).
+
+Prints figures only: no assertions, no pass/fail.
+
+    .venv/bin/python bench/buffer.py            # everything (a few minutes)
+    .venv/bin/python bench/buffer.py --quick    # small numbers, for smoke-testing
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from fieldgate_sim.mosquitto import MosquittoBroker, mosquitto_available
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.buffer import Buffer, ReadingStore
+from gateway.clock import SystemClock
+from gateway.config.model import BufferConfig, MqttConfig
+from gateway.health import PartHealth
+from gateway.readings import BufferedReading, PointValue, Reading
+from gateway.upstream.forwarder import Forwarder
+from gateway.upstream.json_dialect import JsonDialect
+
+DEVICES = 100
+POINTS = 8  # a small meter's worth: voltages, currents, power, energy
+PREFIX = "fieldgate"
+GATEWAY = "bench"
+
+
+def write_bytes() -> int:
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+def reading(device: int, at_ms: int) -> Reading:
+    return Reading(
+        f"meter{device:03d}",
+        at_ms,
+        tuple(PointValue(f"p{i}", 230.0 + i + (at_ms % 1000) / 1000, "V") for i in range(POINTS)),
+    )
+
+
+def payload_bytes(sample: Reading) -> int:
+    return len(JsonDialect(PREFIX, GATEWAY).reading(BufferedReading(1, sample)).payload)
+
+
+@contextlib.contextmanager
+def workdir() -> Iterator[Path]:
+    # On the disk, not /tmp's tmpfs (if it is one): write_bytes counts what reaches storage.
+    path = Path(tempfile.mkdtemp(prefix="fieldgate-bench-", dir=Path(__file__).parent.parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def ingest_grouped(path: Path, slots: int) -> tuple[float, int, int]:
+    """100 devices polled on aligned slots, as the scheduler does: each slot's readings are
+    submitted together and go to disk as a group. Returns seconds, commits, bytes written."""
+    buffer = await Buffer.open(path, 10**12, 1e12, commit_delay=BufferConfig().commit_delay)
+    try:
+        before = write_bytes()
+        started = time.perf_counter()
+        for slot in range(slots):
+            at_ms = 1_764_072_000_000 + slot * 10_000
+            await asyncio.gather(*(buffer.append(reading(d, at_ms)) for d in range(DEVICES)))
+        took = time.perf_counter() - started
+        written = write_bytes() - before
+        return took, buffer.groups_committed, written
+    finally:
+        await buffer.close()
+
+
+def ingest_per_reading(path: Path, slots: int) -> tuple[float, int, int]:
+    """The same readings, one commit each (the buffer before group commit)."""
+    store = ReadingStore(path, 10**12, 1e12)
+    try:
+        before = write_bytes()
+        started = time.perf_counter()
+        for slot in range(slots):
+            at_ms = 1_764_072_000_000 + slot * 10_000
+            for device in range(DEVICES):
+                store.append(reading(device, at_ms))
+        took = time.perf_counter() - started
+        return took, slots * DEVICES, write_bytes() - before
+    finally:
+        store.close()
+
+
+def prefill(path: Path, count: int) -> None:
+    store = ReadingStore(path, 10**12, 1e12)
+    try:
+        start_ms = int(time.time() * 1000) - 86_400_000
+        batch: list[Reading] = []
+        for n in range(count):
+            batch.append(reading(n % DEVICES, start_ms + (n // DEVICES) * 10_000))
+            if len(batch) == 10_000:
+                store.append_many(batch)
+                batch = []
+        if batch:
+            store.append_many(batch)
+    finally:
+        store.close()
+
+
+class LiveLatency:
+    """Subscribes to the live devices' topics only, and keeps read-to-arrival latencies."""
+
+    def __init__(self, port: int, devices: Sequence[str]) -> None:
+        self.latencies: list[float] = []
+        self._lock = threading.Lock()
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-live")
+        self._client.on_message = self._on_message
+        self._client.connect("127.0.0.1", port)
+        self._client.subscribe(
+            [(f"{PREFIX}/{GATEWAY}/devices/{device}/reading", 1) for device in devices]
+        )
+        self._client.loop_start()
+
+    def _on_message(self, _c: object, _u: object, message: mqtt.MQTTMessage) -> None:
+        document = json.loads(message.payload)
+        sent_ms = document["values"]["sent_at_ms"]["value"]
+        with self._lock:
+            self.latencies.append(time.time() - sent_ms / 1000)
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
+async def drain(path: Path, broker: MosquittoBroker, count: int, replay_rate: float) -> None:
+    prefill(path, count)
+    live_devices = [f"live{d:03d}" for d in range(DEVICES)]
+    latency = LiveLatency(broker.port, live_devices)
+    buffer = await Buffer.open(path, 10**12, 1e12)
+    forwarder = Forwarder(
+        MqttConfig(host=broker.host, port=broker.port),
+        JsonDialect(PREFIX, GATEWAY),
+        buffer,
+        SystemClock(),
+        PartHealth("uplink", "-"),
+        PartHealth("buffer", "-"),
+        gateway_id=GATEWAY,
+        replay_rate=replay_rate,
+    )
+
+    async def live() -> None:
+        # 100 devices on a 10 s slot, stamped when submitted (the moment of "reading").
+        while True:
+            now_ms = int(time.time() * 1000)
+            await asyncio.gather(
+                *(
+                    buffer.append(Reading(d, now_ms, (PointValue("sent_at_ms", now_ms, "ms"),)))
+                    for d in live_devices
+                )
+            )
+            await asyncio.sleep(10 - (time.time() % 10))
+
+    started = time.perf_counter()
+    task = asyncio.create_task(forwarder.run())
+    producer = asyncio.create_task(live())
+    waiting = count
+    marks = []
+    try:
+        while waiting > 0:
+            await asyncio.sleep(1.0)
+            stats = await buffer.stats()
+            waiting = stats.waiting
+            marks.append((time.perf_counter() - started, waiting))
+            if len(marks) % 15 == 0:
+                print(f"    {marks[-1][0]:.0f} s: {waiting} waiting", flush=True)
+    finally:
+        took = time.perf_counter() - started
+        producer.cancel()
+        task.cancel()
+        await asyncio.gather(task, producer, return_exceptions=True)
+        await buffer.close()
+        latency.close()
+    lat = sorted(latency.latencies)
+    p50 = statistics.median(lat) if lat else float("nan")
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan")
+    rate = "unlimited" if replay_rate == 0 else f"{replay_rate:g}/s"
+    print(
+        f"  drain {count} backlog readings (replay pace {rate}) to local Mosquitto, "
+        f"QoS 1, delete after PUBACK: {took:.1f} s, {count / took:,.0f} msgs/s"
+    )
+    print(
+        f"  live readings meanwhile ({DEVICES} devices, 10 s slots): {len(lat)} received, "
+        f"read -> broker -> subscriber latency p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
+    )
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    slots = 20 if args.quick else 100
+    size = payload_bytes(reading(0, 1_764_072_000_000))
+    print(
+        f"ingest: {DEVICES} devices x {slots} aligned slots, {POINTS} points each "
+        f"({size} bytes of JSON payload per reading); WAL, synchronous=FULL"
+    )
+    with workdir() as work:
+        took, commits, written = await ingest_grouped(work / "grouped.db", slots)
+        n = slots * DEVICES
+        print(
+            f"  group commit:       {n / took:9,.0f} readings/s, {commits} commits "
+            f"({n / commits:.0f} readings each), {written / n:7,.0f} bytes written per reading "
+            f"({written / n / size:.1f}x payload)"
+        )
+        took, commits, written = await asyncio.to_thread(
+            ingest_per_reading, work / "single.db", slots
+        )
+        print(
+            f"  one commit each:    {n / took:9,.0f} readings/s, {commits} commits "
+            f"(1 reading each),  {written / n:7,.0f} bytes written per reading "
+            f"({written / n / size:.1f}x payload)"
+        )
+    print(
+        "  (in WAL mode with synchronous=FULL a commit is one fsync of the WAL; "
+        "checkpoints add one of the database file per ~1 MiB of WAL)"
+    )
+    counts = [20_000] if args.quick else [100_000, 864_000]
+    with MosquittoBroker() as broker:
+        for count in counts:
+            with workdir() as work:
+                await drain(work / "drain.db", broker, count, args.replay_rate)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--replay-rate",
+        type=float,
+        default=BufferConfig().replay_rate,
+        help="backlog pace, msgs/s (0: unlimited); default the config's default",
+    )
+    args = parser.parse_args(argv)
+    if not mosquitto_available():
+        print("mosquitto is not installed: apt-get install mosquitto (or `make mosquitto`)")
+        return 1
+    asyncio.run(main_async(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The Prometheus endpoint, scraped over HTTP from a gateway running in-process with devices of
+the test's own: what a fleet's Prometheus would collect, parsed by prometheus-client's parser."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fieldgate_sim.mosquitto import MosquittoBroker, free_port
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.clock import Clock, SystemClock, epoch_ms
+from gateway.config.loader import parse_config
+from gateway.errors import DeviceTimeout
+from gateway.health import HealthRegistry
+from gateway.readings import PointValue, Reading
+from gateway.service import run_gateway
+from gateway.shutdown import ShutdownRequest
+from tests.own_drivers import OwnBus, own_drivers
+
+
+class Meter:
+    def __init__(self, name: str, clock: Clock) -> None:
+        self._name, self._clock = name, clock
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    async def read(self) -> Reading:
+        if self._name == "dead":
+            raise DeviceTimeout("no answer within the timeout")
+        return Reading(self._name, epoch_ms(self._clock), (PointValue("v", 1.0),))
+
+
+def scrape(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, ""
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+async def test_metrics_show_devices_buffer_and_uplink(broker: MosquittoBroker, tmp_path: Path):
+    port = free_port()
+    config = parse_config(
+        "gateway: {id: gw-metrics, stop_timeout: 5s}\n"
+        f"mqtt: {{host: 127.0.0.1, port: {broker.port}, reconnect_max: 1s}}\n"
+        f"buffer: {{path: {tmp_path / 'b.db'}}}\n"
+        f"metrics: {{port: {port}}}\n"
+        "buses: [{name: box, type: host}]\n"
+        "devices: [{name: alive, bus: box, interval: 100ms}, "
+        "{name: dead, bus: box, interval: 100ms}]\n"
+    )
+
+    def open_bus(_config: Any, devices: Sequence[Any], clock: Clock) -> OwnBus:
+        return OwnBus([Meter(d.name, clock) for d in devices])
+
+    health = HealthRegistry()
+    shutdown = ShutdownRequest()
+    run = asyncio.create_task(
+        run_gateway(config, shutdown, SystemClock(), health, drivers=own_drivers(open_bus))
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                assert not run.done()
+                try:
+                    status, text = await asyncio.to_thread(scrape, url)
+                except OSError:  # not listening yet
+                    status, text = 0, ""
+                if status == 200 and health.devices["alive"].polls_ok >= 3 and health.uplink.up:
+                    status, text = await asyncio.to_thread(scrape, url)
+                    break
+                await asyncio.sleep(0.1)
+        missing, _ = await asyncio.to_thread(scrape, f"http://127.0.0.1:{port}/nothing")
+    finally:
+        shutdown.request()
+        async with asyncio.timeout(30):
+            await run
+    assert missing == 404
+    found = samples(text)
+    assert found[("fieldgate_device_up", (("device", "alive"),))] == 1.0
+    assert found[("fieldgate_device_up", (("device", "dead"),))] == 0.0
+    assert found[("fieldgate_device_polls_total", (("device", "alive"), ("outcome", "ok")))] >= 3
+    assert found[("fieldgate_device_polls_total", (("device", "dead"), ("outcome", "failed")))] >= 1
+    assert ("fieldgate_device_last_success_timestamp_seconds", (("device", "dead"),)) not in found
+    assert found[("fieldgate_part_up", (("part", "uplink"),))] == 1.0
+    assert found[("fieldgate_readings_stored_total", ())] >= 3
+    assert ("fieldgate_buffer_rows_waiting", ()) in found
+
+
+def test_metrics_listen_on_localhost_by_default():
+    config = parse_config(
+        "gateway: {id: g}\nmqtt: {host: b.example}\nmetrics: {}\n"
+        "buses: [{name: box, type: host}]\ndevices: [{name: d, bus: box}]\n"
+    )
+    assert config.metrics is not None
+    assert config.metrics.listen == "127.0.0.1"
