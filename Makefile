@@ -46,6 +46,7 @@ bench: $(STAMP) mosquitto
 	$(BIN)/python bench/end_to_end.py
 	$(BIN)/python bench/shutdown.py
 	$(BIN)/python bench/buffer.py
+	$(BIN)/python -m bench.kill_trials
 	$(BIN)/python bench/modbus_line.py
 
 # Re-pin every dependency (after changing a range in pyproject.toml); commit the result.

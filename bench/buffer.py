@@ -1,7 +1,9 @@
 """The buffer's figures: ingest with group commit against one commit per reading (readings/s,
 commits, bytes written to the disk per reading from /proc/self/io), the drain rate to a local
 Mosquitto, and the time to drain a day of 100 meters (864k readings) while live readings keep
-arriving (their latency from read to the broker, p50/p99).
+arriving (their latency from read to the broker, p50/p99); and the longest wait of a submitter
+for its group commit with WAL checkpoints off the commit path (the buffer's own checkpoint
+thread) against SQLite's automatic checkpoint inside the commit.
 
 Prints figures only: no assertions, no pass/fail.
 
@@ -84,6 +86,32 @@ async def ingest_grouped(path: Path, slots: int) -> tuple[float, int, int]:
         took = time.perf_counter() - started
         written = write_bytes() - before
         return took, buffer.groups_committed, written
+    finally:
+        await buffer.close()
+
+
+async def submit_waits(path: Path, slots: int, background: bool) -> tuple[list[float], int]:
+    """100 devices' slots back to back, so the WAL passes its checkpoint threshold many times;
+    every submitter's wait for its group (seconds), and the background checkpoints run."""
+    buffer = await Buffer.open(
+        path,
+        10**12,
+        1e12,
+        commit_delay=BufferConfig().commit_delay,
+        background_checkpoint=background,
+    )
+    waits: list[float] = []
+
+    async def submit(device: int, at_ms: int) -> None:
+        started = time.perf_counter()
+        await buffer.append(reading(device, at_ms))
+        waits.append(time.perf_counter() - started)
+
+    try:
+        for slot in range(slots):
+            at_ms = 1_764_072_000_000 + slot * 10_000
+            await asyncio.gather(*(submit(d, at_ms) for d in range(DEVICES)))
+        return waits, buffer.checkpoints
     finally:
         await buffer.close()
 
@@ -234,6 +262,20 @@ async def main_async(args: argparse.Namespace) -> None:
         "  (in WAL mode with synchronous=FULL a commit is one fsync of the WAL; "
         "checkpoints add one of the database file per ~1 MiB of WAL)"
     )
+    print(
+        f"submit wait: {DEVICES} devices x {slots * 4} slots back to back "
+        "(the WAL passes its 1 MiB checkpoint threshold every few dozen groups)"
+    )
+    for background, label in ((False, "checkpoint in the commit"), (True, "checkpoint beside it")):
+        with workdir() as work:
+            waits, checkpoints = await submit_waits(work / "waits.db", slots * 4, background)
+        waits.sort()
+        p99 = waits[int(len(waits) * 0.99)]
+        print(
+            f"  {label:25s} longest {waits[-1] * 1000:6.1f} ms, p99 {p99 * 1000:5.1f} ms, "
+            f"median {statistics.median(waits) * 1000:5.1f} ms"
+            + (f" ({checkpoints} background checkpoints)" if background else "")
+        )
     counts = [20_000] if args.quick else [100_000, 864_000]
     with MosquittoBroker() as broker:
         for count in counts:

@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +40,8 @@ from gateway.events import (
     GatewayEvent,
 )
 from gateway.health import PartHealth
-from gateway.readings import BufferedReading, PointValue, Quality, Reading
+from gateway.readings import BufferedReading, PointValue, Quality, Reading, Unsynchronised
+from gateway.timekeeping import current_boot_id
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,17 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     body TEXT NOT NULL
 );
+-- Rows that no longer decode, moved out of readings (in the transaction that records their
+-- event) so that they do not hold up delivery; kept as they were, for a technician.
+CREATE TABLE IF NOT EXISTS quarantine (
+    seq INTEGER PRIMARY KEY,
+    device,
+    read_at_ms,
+    quality,
+    point_values,
+    error TEXT NOT NULL,
+    quarantined_at_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dropped (
     device TEXT NOT NULL,
     reason TEXT NOT NULL,
@@ -78,18 +92,28 @@ _LIMIT_CHECK_EVERY = 256
 #: readings then wait in memory instead of every poll stalling for SQLite's default 5 s.
 _BUSY_TIMEOUT = 0.5
 #: Checkpoint every ~1 MiB of WAL and cut the file back to that, so the WAL of a busy hour does
-#: not keep its high-water size on a small filesystem.
+#: not keep its high-water size on a small filesystem. (SQLite's automatic checkpoint is used
+#: only by a store on its own; the Buffer checkpoints off the commit path, see _Checkpointer.)
 _WAL_CHECKPOINT_PAGES = 256
 _WAL_SIZE_LIMIT = 1 << 20
+#: A checkpoint that could not copy everything (a reader of an old snapshot, such as `fieldgate
+#: buffer export`) is tried again once the WAL has grown by this much more, not after every group.
+_WAL_RETRY_GROWTH = _WAL_SIZE_LIMIT // 4
 
 # SQLite's primary result codes (sqlite3.h) that mean the file itself is bad, not the disk.
 _SQLITE_CORRUPT = 11
 _SQLITE_CANTOPEN = 14
 _SQLITE_NOTADB = 26
 
-_INSERT = "INSERT INTO readings (device, read_at_ms, quality, point_values) VALUES (?, ?, ?, ?)"
+_INSERT = (
+    "INSERT INTO readings (device, read_at_ms, quality, point_values, boot_id, monotonic_ms) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+
 # Drop selections. Fixed strings, chosen by the code (no input reaches them).
-_AGE_SELECTION = "read_at_ms < ?"
+# Not rows stamped by an unsynchronised clock: their read_at_ms (1970, or a stale saved time)
+# says nothing of their age. The size limit still bounds them.
+_AGE_SELECTION = "read_at_ms < ? AND boot_id IS NULL"
 _SIZE_SELECTION = (
     "seq IN (SELECT seq FROM readings ORDER BY seq LIMIT "
     "max(1, (SELECT count(*) FROM readings) / 20))"
@@ -102,6 +126,8 @@ class BufferStats:
     oldest_read_at_ms: int | None
     newest_seq: int | None
     dropped: int
+    #: Rows moved to the quarantine table because they no longer decode.
+    quarantined: int = 0
 
 
 class _Damaged(Exception):
@@ -124,14 +150,27 @@ class ReadingStore:
         *,
         busy_timeout: float = _BUSY_TIMEOUT,
         now_ms: Callable[[], int] | None = None,
+        autocheckpoint: bool = True,
+        boot_id: str | None = None,
     ) -> None:
+        """``autocheckpoint``: SQLite's own checkpoint, run inside the commit that crosses
+        the WAL's threshold; False when the caller checkpoints elsewhere (:class:`Buffer`)."""
         self._path = path
         self._max_size = max_size
         self._max_age_ms = int(max_age_s * 1000)
         self._busy_timeout = busy_timeout
+        self._autocheckpoint = autocheckpoint
+        self._wal = Path(f"{path}-wal")
+        #: Size of the -wal file after the last commit (taken on the store's thread, where the
+        #: stat costs nothing the event loop would wait for).
+        self.wal_bytes = 0
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
+        #: This boot: its rows stamped before the clock synchronised wait for :meth:`restamp`.
+        self.boot_id = boot_id or current_boot_id()
         self._appends_since_check = 0
         self.replaced: GatewayEvent | None = None
+        #: Quarantine events not yet taken by the Buffer (appended on the store's thread).
+        self.quarantined: collections.deque[GatewayEvent] = collections.deque()
         #: Events committed by this store: the buffer compares it to know when the forwarder
         #: should look (an int, written on the buffer's thread and only read elsewhere).
         self.events_recorded = 0
@@ -156,16 +195,18 @@ class ReadingStore:
             db = sqlite3.connect(path, isolation_level=None, timeout=self._busy_timeout)
         except sqlite3.Error as exc:
             if path.exists() and exc.sqlite_errorcode == _SQLITE_CANTOPEN:
-                raise _Damaged(f"{path} cannot be opened: {exc}") from exc
+                raise _Damaged(f"{path} cannot be opened: {exc}{_access_hint(path)}") from exc
             raise
         try:
             db.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed reading survives a power cut, not only a crash of the process.
             db.execute("PRAGMA synchronous=FULL")
-            db.execute(f"PRAGMA wal_autocheckpoint={_WAL_CHECKPOINT_PAGES}")
+            pages = _WAL_CHECKPOINT_PAGES if self._autocheckpoint else 0
+            db.execute(f"PRAGMA wal_autocheckpoint={pages}")
             db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
             _quick_check(db)
             db.executescript(_SCHEMA)
+            _add_clock_columns(db)
         except sqlite3.Error as exc:
             db.close()
             if exc.sqlite_errorcode in {_SQLITE_CORRUPT, _SQLITE_NOTADB}:
@@ -185,7 +226,16 @@ class ReadingStore:
         for suffix in ("", "-wal", "-shm"):
             source = Path(f"{self._path}{suffix}")
             if source.exists() or source.is_symlink():
-                source.rename(Path(f"{aside}{suffix}"))
+                try:
+                    source.rename(Path(f"{aside}{suffix}"))
+                except OSError as exc:
+                    # Left in place, untouched: the buffer stays failing (readings wait in
+                    # memory, opening is retried) until someone mends the file or directory.
+                    raise StorageError(
+                        f"cannot open the buffer {self._path}: {reason}; it cannot be moved "
+                        f"aside either ({exc.strerror}: {self._path.parent} is not writable "
+                        f"by uid {os.geteuid()})"
+                    ) from exc
         log.error(
             "the buffer %s was unusable (%s): moved aside to %s and a new one started; the "
             "readings in it were not sent (rescue them with `fieldgate buffer export --file`)",
@@ -226,7 +276,18 @@ class ReadingStore:
         """Store ``readings`` and ``events`` in one transaction (one fsync); returns the
         readings' sequence numbers once they are on disk."""
         rows = [
-            (r.device, r.read_at_ms, str(r.quality), _encode_points(r.values)) for r in readings
+            (
+                r.device,
+                r.read_at_ms,
+                str(r.quality),
+                _encode_points(r.values),
+                *(
+                    (r.unsynchronised.boot_id, r.unsynchronised.monotonic_ms)
+                    if r.unsynchronised is not None
+                    else (None, None)
+                ),
+            )
+            for r in readings
         ]
 
         def insert(db: sqlite3.Connection) -> list[int]:
@@ -254,13 +315,82 @@ class ReadingStore:
         self, after_seq: int, limit: int, through_seq: int | None = None
     ) -> list[BufferedReading]:
         """Up to ``limit`` readings with a sequence number above ``after_seq`` (and at most
-        ``through_seq``), oldest first."""
-        rows = self._query(
-            "SELECT seq, device, read_at_ms, quality, point_values FROM readings "
-            "WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
-            (after_seq, through_seq if through_seq is not None else 2**63 - 1, limit),
+        ``through_seq``), oldest first. A row that no longer decodes is quarantined on the way
+        (see :meth:`quarantine`) and the next rows are read in its place: fewer than ``limit``
+        means there are no more (the forwarder relies on that to end a backlog)."""
+        through = through_seq if through_seq is not None else 2**63 - 1
+        found: list[BufferedReading] = []
+        while len(found) < limit:
+            wanted = limit - len(found)
+            rows = self._query(
+                "SELECT seq, device, read_at_ms, quality, point_values, boot_id, monotonic_ms "
+                "FROM readings WHERE seq > ? AND seq <= ? "
+                # Rows held for the clock in this boot wait for restamp(); an earlier boot's go.
+                "AND (boot_id IS NULL OR boot_id != ?) ORDER BY seq LIMIT ?",
+                (after_seq, through, self.boot_id, wanted),
+            )
+            for row in rows:
+                try:
+                    found.append(_with_clock(_row_to_buffered(row[:5]), row[5], row[6]))
+                except StorageError as exc:
+                    self.quarantine(row, str(exc))
+            if len(rows) < wanted:
+                break
+            after_seq = rows[-1][0]
+        return found
+
+    def quarantine(self, row: tuple[Any, ...], error: str) -> None:
+        """Move an undecodable row to the quarantine table, count it and record a
+        ``quarantined`` event naming its seq, in one transaction: one bad row must not stop
+        delivery of everything behind it (on every restart), nor become a silent gap."""
+        seq, device, read_at_ms = row[0], row[1], row[2]
+        now_ms = self._now_ms()
+        # The event may only carry what still has its type; the rest of the row is kept as is.
+        devices = (
+            (DeviceDrops(device, 1, read_at_ms, read_at_ms),)
+            if isinstance(device, str) and isinstance(read_at_ms, int)
+            else ()
         )
-        return [_row_to_buffered(row) for row in rows]
+        event = GatewayEvent(
+            EventKind.QUARANTINED,
+            now_ms,
+            seq_first=seq,
+            seq_last=seq,
+            devices=devices,
+            detail=f"{error}; kept in the quarantine table of {self._path.name}",
+        )
+
+        def action(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO quarantine (seq, device, read_at_ms, quality, "
+                "point_values, error, quarantined_at_ms) SELECT seq, device, read_at_ms, "
+                "quality, point_values, ?, ? FROM readings WHERE seq = ?",
+                (error, now_ms, seq),
+            )
+            db.execute("DELETE FROM readings WHERE seq = ?", (seq,))
+            _record_event(db, event)
+            db.execute(
+                "INSERT INTO counters (name, value) VALUES ('quarantined', 1) "
+                "ON CONFLICT(name) DO UPDATE SET value = value + 1"
+            )
+
+        self._write(action)
+        self.events_recorded += 1
+        self.quarantined.append(event)
+
+    def restamp(self, sync_wall_ms: int, sync_monotonic_ms: int) -> int:
+        """The wall clock is synchronised: give this boot's held rows their wall time
+        (:func:`~gateway.timekeeping.restamped_ms`) in one transaction, which releases them to
+        the uplink. Their sequence numbers stay. Returns how many were restamped."""
+
+        def action(db: sqlite3.Connection) -> int:
+            return db.execute(
+                "UPDATE readings SET read_at_ms = ? - (? - monotonic_ms), boot_id = NULL, "
+                "monotonic_ms = NULL WHERE boot_id = ? AND monotonic_ms IS NOT NULL",
+                (sync_wall_ms, sync_monotonic_ms, self.boot_id),
+            ).rowcount
+
+        return self._write(action)
 
     def newest_seq(self) -> int:
         """The newest sequence number waiting (0 when none is)."""
@@ -287,8 +417,14 @@ class ReadingStore:
         waiting, oldest, newest = self._query(
             "SELECT count(*), min(read_at_ms), max(seq) FROM readings", ()
         )[0]
-        dropped = self._query("SELECT value FROM counters WHERE name = 'dropped'", ())
-        return BufferStats(waiting, oldest, newest, dropped[0][0] if dropped else 0)
+        counters = dict(self._query("SELECT name, value FROM counters", ()))
+        return BufferStats(
+            waiting,
+            oldest,
+            newest,
+            counters.get("dropped", 0),
+            counters.get("quarantined", 0),
+        )
 
     def dropped_by_device(self) -> dict[tuple[str, str], int]:
         rows = self._query("SELECT device, reason, count FROM dropped", ())
@@ -358,6 +494,7 @@ class ReadingStore:
                     self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            self.wal_bytes = _size(self._wal)
         except sqlite3.Error as exc:
             if self._db.in_transaction:
                 # A failed COMMIT (disk full) leaves the transaction open: end it, or every
@@ -422,6 +559,89 @@ def _never_openable(path: Path) -> bool:
     return False
 
 
+def _access_hint(path: Path) -> str:
+    """The usual reason a file that exists cannot be opened: its owner or mode (created by
+    root, say, while the service runs as its own user)."""
+    if os.access(path, os.R_OK | os.W_OK):
+        return ""
+    with contextlib.suppress(OSError):
+        status = path.stat()
+        return (
+            f" (it belongs to uid {status.st_uid} with mode {stat.S_IMODE(status.st_mode):o};"
+            f" fieldgate runs as uid {os.geteuid()})"
+        )
+    return ""
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+class _Checkpointer:
+    """PASSIVE checkpoints on a connection and a thread of their own, started after a group
+    commit when the WAL has grown past its limit: copying the WAL into the database file (and
+    that file's fsync) then never happens inside a commit a poll waits on, nor queues before
+    the next group on the buffer's thread. PASSIVE takes no lock a writer needs, so a group
+    commit goes on beside it. After a complete checkpoint the next commit starts the WAL again
+    from its beginning and cuts the file back to ``journal_size_limit``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer-checkpoint")
+        self._db: sqlite3.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._tried_at = 0
+        self._failing = False
+        #: Checkpoints run (the bench and the tests read it).
+        self.runs = 0
+
+    def after_commit(self, wal_bytes: int) -> None:
+        """On the event loop, after a group commit: start a checkpoint if one is due."""
+        if wal_bytes <= _WAL_SIZE_LIMIT:
+            self._tried_at = 0  # the WAL was started again: the next growth counts afresh
+            return
+        if self._task is not None and not self._task.done():
+            return
+        if self._tried_at and wal_bytes < self._tried_at + _WAL_RETRY_GROWTH:
+            return
+        self._tried_at = wal_bytes
+        self._task = asyncio.create_task(self._run(), name="buffer checkpoint")
+
+    async def _run(self) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._checkpoint)
+        except (sqlite3.Error, OSError) as exc:
+            # The WAL only grows meanwhile (bounded by the disk, which the writer's own failure
+            # handling covers); tried again after more growth. Logged once per failing spell.
+            if not self._failing:
+                log.warning("WAL checkpoint of the buffer failed (retried later): %s", exc)
+            self._failing = True
+        else:
+            self._failing = False
+
+    def _checkpoint(self) -> None:
+        if self._db is None:
+            # mode=rw: never create a file the store does not have (it may be moved aside).
+            uri = f"{self._path.resolve().as_uri()}?mode=rw"
+            self._db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=0)
+        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        self.runs += 1
+
+    async def close(self) -> None:
+        """Before the store closes: the store's close then checkpoints and removes the WAL as
+        the last connection."""
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        db, self._db = self._db, None
+        if db is not None:
+            await asyncio.get_running_loop().run_in_executor(self._thread, db.close)
+        self._thread.shutdown(wait=True)
+
+
 def _nothing() -> None:
     return None
 
@@ -430,16 +650,45 @@ def _encode_points(values: Sequence[PointValue]) -> str:
     return json.dumps([[p.name, p.value, p.unit] for p in values], separators=(",", ":"))
 
 
+def _add_clock_columns(db: sqlite3.Connection) -> None:
+    """Files from before time-keeping get the columns of held readings (NULL: stamped by a
+    synchronised clock); idempotent, so every open runs it."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(readings)")}
+    for column, kind in (("boot_id", "TEXT"), ("monotonic_ms", "INTEGER")):
+        if column not in have:
+            db.execute(f"ALTER TABLE readings ADD COLUMN {column} {kind}")
+
+
+def _with_clock(
+    buffered: BufferedReading, boot_id: object, monotonic_ms: object
+) -> BufferedReading:
+    """A row still carrying a monotonic stamp here is from a boot that ended before its clock
+    synchronised: it goes flagged, its ``read_at_ms`` the best guess there is."""
+    if not isinstance(boot_id, str) or not isinstance(monotonic_ms, int):
+        return buffered
+    reading = dataclasses.replace(
+        buffered.reading, unsynchronised=Unsynchronised(boot_id, monotonic_ms)
+    )
+    return BufferedReading(buffered.seq, reading)
+
+
 def _row_to_buffered(row: tuple[int, str, int, str, str]) -> BufferedReading:
     """Decode one row. A row that no longer decodes (a damaged file, a row written by another
     version) is a StorageError naming its seq, like any other failure of the buffer, so that
-    the forwarder reports it instead of dying on a ValueError."""
+    the forwarder quarantines it instead of dying on a ValueError."""
     seq, device, read_at_ms, quality, point_values = row
     try:
+        _check_types(device, read_at_ms)
         values = _decode_points(point_values)
         return BufferedReading(seq, Reading(device, read_at_ms, values, Quality(quality)))
     except (ValueError, TypeError) as exc:  # JSONDecodeError and an unknown Quality included
         raise StorageError(f"buffered reading seq {seq} does not decode: {exc}") from exc
+
+
+def _check_types(device: object, read_at_ms: object) -> None:
+    # SQLite keeps whatever type was written: a text time would fail only later, in the dialect.
+    if not isinstance(device, str) or not isinstance(read_at_ms, int):
+        raise TypeError(f"device {device!r} or read time {read_at_ms!r} has the wrong type")
 
 
 def _decode_points(point_values: str) -> tuple[PointValue, ...]:
@@ -450,11 +699,11 @@ def _decode_points(point_values: str) -> tuple[PointValue, ...]:
     for item in items:
         match item:
             case [str(name), value, str() | None as unit] if value is None or (
-                isinstance(value, int | float) and not isinstance(value, bool)
+                isinstance(value, int | float | str) and not isinstance(value, bool)
             ):
                 points.append(PointValue(name, value, unit))
             case _:
-                raise TypeError(f"not a [name, number or null, unit] triple: {item!r}"[:120])
+                raise TypeError(f"not a [name, number, text or null, unit] triple: {item!r}"[:120])
     return tuple(points)
 
 
@@ -481,14 +730,20 @@ class Buffer:
         commit_delay: float,
         memory_queue: int,
         storing: PartHealth,
+        checkpointer: _Checkpointer | None = None,
     ) -> None:
         self._thread = thread
+        self._checkpointer = checkpointer
         self._opener = opener
         self._store = store
         self._commit_delay = commit_delay
         self._memory_queue = memory_queue
         self.storing = storing
         self._appended = asyncio.Event()
+        #: This boot's id, which held readings are stamped with (set by :meth:`open`).
+        self.boot_id = ""
+        #: Restamps that released held rows: the forwarder reads again behind its cursors.
+        self.released = 0
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
         #: Submitted, waiting for the next group commit; each with its submitter's future.
@@ -520,18 +775,26 @@ class Buffer:
         commit_delay: float = 0.01,
         memory_queue: int = 10_000,
         storing: PartHealth | None = None,
+        background_checkpoint: bool = True,
+        boot_id: str | None = None,
     ) -> Buffer:
         """Open the buffer. A file that cannot be opened at all (a read-only or full disk)
         does not stop the gateway: readings wait in memory and opening is retried. A path
-        under a regular file is a StorageError: nothing but a config change mends it."""
+        under a regular file is a StorageError: nothing but a config change mends it.
+        ``background_checkpoint`` False leaves WAL checkpoints inside commits, as SQLite does
+        by itself (only for bench/buffer.py's comparison)."""
         storing = storing or PartHealth(
             "storing readings in the buffer", "new readings wait in memory, up to a bound"
         )
         # The connection is made on the thread that will use it for its whole life.
         thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
 
+        boot = boot_id or current_boot_id()
+
         def opener() -> ReadingStore:
-            return ReadingStore(path, max_size, max_age_s)
+            return ReadingStore(
+                path, max_size, max_age_s, autocheckpoint=not background_checkpoint, boot_id=boot
+            )
 
         try:
             store: ReadingStore | None = await asyncio.get_running_loop().run_in_executor(
@@ -553,7 +816,9 @@ class Buffer:
             commit_delay=commit_delay,
             memory_queue=memory_queue,
             storing=storing,
+            checkpointer=_Checkpointer(path) if background_checkpoint else None,
         )
+        buffer.boot_id = boot
         if store is None:
             buffer._failed(error)
             buffer._wake.set()  # the writer retries opening, with backoff
@@ -586,6 +851,8 @@ class Buffer:
                 "they are lost",
                 lost,
             )
+        if self._checkpointer is not None:
+            await self._checkpointer.close()
         if self._store is not None:
             await self._run(self._store.close)
         self._thread.shutdown(wait=True)
@@ -609,11 +876,29 @@ class Buffer:
     ) -> list[BufferedReading]:
         return await self._on_store(lambda s: s.oldest(after_seq, limit, through_seq))
 
+    async def restamp(self, sync_wall_ms: int, sync_monotonic_ms: int) -> int:
+        """See :meth:`ReadingStore.restamp`; wakes the forwarder when rows were released."""
+        count = await self._on_store(lambda s: s.restamp(sync_wall_ms, sync_monotonic_ms))
+        if count:
+            self.released += 1
+            self._appended.set()
+        return count
+
     async def newest_seq(self) -> int:
         return await self._on_store(lambda s: s.newest_seq())
 
     async def delete(self, seqs: Sequence[int]) -> None:
         await self._on_store(lambda s: s.delete(seqs))
+        self._after_commit()
+
+    def take_quarantined(self) -> list[GatewayEvent]:
+        """Quarantine events since the last call (their rows were moved by :meth:`oldest`), for
+        the caller to report; the same events wait on disk for the uplink."""
+        store = self._store
+        taken: list[GatewayEvent] = []
+        while store is not None and store.quarantined:
+            taken.append(store.quarantined.popleft())
+        return taken
 
     def take_event_check(self) -> bool:
         """Whether an event may have arrived since the last call (then the forwarder looks)."""
@@ -660,6 +945,15 @@ class Buffer:
         if store is None:
             raise StorageError(f"the buffer is not open: {self.storing.last_error}")
         return await self._run(operation, store)
+
+    @property
+    def checkpoints(self) -> int:
+        """Background WAL checkpoints run (the bench and the tests read it)."""
+        return 0 if self._checkpointer is None else self._checkpointer.runs
+
+    def _after_commit(self) -> None:
+        if self._checkpointer is not None and self._store is not None:
+            self._checkpointer.after_commit(self._store.wal_bytes)
 
     async def _run(self, function: Callable[..., _T], *args: Any) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
@@ -721,6 +1015,7 @@ class Buffer:
                 future.set_result(seq)
         self.groups_committed += 1
         self.readings_committed += len(batch)
+        self._after_commit()
         self._appended.set()
         if self._failing_since is not None:
             self._recovered(len(writing), drops.total)

@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gateway.service import run_gateway  # noqa: PLC0415 - only `run` needs the daemon
 
     try:
-        asyncio.run(run_gateway(config, shutdown))
+        asyncio.run(run_gateway(config, shutdown, config_path=config_path))
     except StorageError as exc:
         log.critical("%s", exc)
         return EX_CANTCREAT
@@ -234,7 +234,7 @@ async def _read_now(config: GatewayConfig, device_name: str) -> int:
     return 0
 
 
-def _show(value: float | int | None) -> str:
+def _show(value: float | int | str | None) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):

@@ -6,6 +6,8 @@ import asyncio
 import time
 from typing import Protocol
 
+from gateway.timekeeping import TrustCheck
+
 
 class Clock(Protocol):
     def wall(self) -> float:
@@ -18,8 +20,15 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None: ...
 
+    def synchronised(self) -> bool:
+        """Whether :meth:`wall` can be believed now (see :mod:`gateway.timekeeping`)."""
+        ...
+
 
 class SystemClock:
+    def __init__(self, trust: TrustCheck | None = None) -> None:
+        self._trust = trust or TrustCheck()
+
     def wall(self) -> float:
         return time.time()
 
@@ -28,6 +37,9 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+    def synchronised(self) -> bool:
+        return self._trust.synchronised(self.wall(), self.monotonic())
 
 
 def epoch_ms(clock: Clock) -> int:

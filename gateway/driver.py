@@ -19,7 +19,8 @@ that device (polled) or that bus's stream, logs it once and carries on.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
@@ -79,6 +80,48 @@ class StreamingBusDriver(BusDriver, Protocol):
         """Hand readings to ``sink`` as they arrive, until cancelled. Errors of one device are
         reported with ``sink.device_failed``; an exception that escapes ends this run, and the
         core logs it once and calls ``stream`` again after a backoff."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SlaveCounts:
+    """What one unit on a line cost and got since the bus was opened."""
+
+    requests: int = 0
+    timeouts: int = 0
+    #: Answers that were no valid answer: bad CRC, garbage, truncated, wrong function code.
+    errors: int = 0
+    #: Polls failed at once, without touching the line, while the unit's breaker was open.
+    skipped_polls: int = 0
+    #: "closed" (asked as usual), "open" (backed off: not asked until the window ends) or
+    #: "half_open" (the window ended: the next poll tries once).
+    breaker: str = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class LineCounts:
+    """What happened on one line (a serial port, a TCP connection) since the bus was opened."""
+
+    requests: int = 0
+    answers: int = 0
+    timeouts: int = 0
+    crc_errors: int = 0
+    #: Frames that were no answer to the request: garbage, truncated, wrong unit or function.
+    malformed: int = 0
+    late_answers: int = 0
+    exceptions: int = 0
+    connects: int = 0
+    closed_by_peer: int = 0
+    slaves: Mapping[int, SlaveCounts] = field(default_factory=dict)
+
+
+@runtime_checkable
+class CountingBusDriver(Protocol):
+    """Optional beside :class:`BusDriver`: a bus that counts what happens on its line. The core
+    reads it when health is reported (a scrape, ``STATUS=``), never on the data path."""
+
+    def line_counts(self) -> LineCounts:
+        """A snapshot of the counters now; cheap, no I/O."""
         ...
 
 

@@ -1,11 +1,12 @@
 """Gateway events: what the buffer tells the fleet about itself, beside the readings. A dropped
 range of readings (size or age limit, the memory bound while the disk failed), the buffer
-failing and working again, a damaged database file moved aside. A drop is never a silent gap.
+failing and working again, a damaged database file moved aside, a row that no longer decodes
+quarantined. A drop is never a silent gap.
 
-Events that describe data (drops, a replaced file) are stored in the buffer's ``events`` table
-in the same transaction as the change they describe and leave it only after the broker's
-PUBACK, like readings. Events about a condition of the disk itself are held in memory (the disk
-is what fails) and sent as soon as the uplink can.
+Events that describe data (drops, a replaced file, a quarantined row) are stored in the
+buffer's ``events`` table in the same transaction as the change they describe and leave it only
+after the broker's PUBACK, like readings. Events about a condition of the disk itself are held
+in memory (the disk is what fails) and sent as soon as the uplink can.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ class EventKind(StrEnum):
     BUFFER_FAILING = "buffer_failing"
     BUFFER_RECOVERED = "buffer_recovered"
     BUFFER_REPLACED = "buffer_replaced"
+    #: A buffered reading that no longer decodes was moved to the ``quarantine`` table (kept
+    #: for a technician, not sent) so that it does not hold up everything behind it.
+    QUARANTINED = "quarantined"
 
 
 class DropReason(StrEnum):

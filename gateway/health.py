@@ -9,7 +9,10 @@ it, and whatever reports health (the CLI, metrics, systemd's ``STATUS=`` and wat
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+from gateway.driver import CountingBusDriver, LineCounts
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,13 @@ class PartHealth:
     up: bool | None = None
     failures: int = 0
     last_error: str | None = None
+    #: Things that went wrong once and were dealt with while the part kept working (a buffered
+    #: row quarantined): each is logged once, when it happens, and counted.
+    incidents: int = 0
+
+    def incident(self, what: str) -> None:
+        self.incidents += 1
+        log.warning("%s: %s", self.part, what)
 
     def failed(self, error: str) -> None:
         self.failures += 1
@@ -114,6 +124,22 @@ class Progress:
 
 
 @dataclass(slots=True)
+class BusHealth:
+    """The counters of one bus's line and of each unit on it (requests, timeouts, CRC and
+    framing errors, breaker state), for buses whose driver counts them
+    (:class:`gateway.driver.CountingBusDriver`). ``refresh`` takes a snapshot from the driver;
+    whoever reports health calls it first (a scrape), so nothing is counted twice."""
+
+    bus: str
+    source: Callable[[], LineCounts]
+    counts: LineCounts = field(default_factory=LineCounts)
+
+    def refresh(self) -> LineCounts:
+        self.counts = self.source()
+        return self.counts
+
+
+@dataclass(slots=True)
 class HealthRegistry:
     """Every device's health and the core's parts, owned by the service."""
 
@@ -136,6 +162,13 @@ class HealthRegistry:
         default_factory=lambda: PartHealth("the uplink", "readings stay buffered")
     )
     progress: Progress = field(default_factory=Progress)
+    buses: dict[str, BusHealth] = field(default_factory=dict)
+
+    def watch_bus(self, name: str, driver: object) -> None:
+        """Report bus ``name``'s line counters from now on, if its driver counts them (the hook
+        is optional: a bus without counters is simply not listed)."""
+        if isinstance(driver, CountingBusDriver):
+            self.buses[name] = BusHealth(name, driver.line_counts)
 
     def device(self, name: str) -> DeviceHealth:
         """The health of device ``name``, created on first use."""
@@ -143,6 +176,12 @@ class HealthRegistry:
         if health is None:
             health = self.devices[name] = DeviceHealth(name)
         return health
+
+    def keep_only(self, names: Iterable[str]) -> None:
+        """Forget devices that left the config (on a reload)."""
+        keep = set(names)
+        for name in [name for name in self.devices if name not in keep]:
+            del self.devices[name]
 
     def status_line(self) -> str:
         """One line a person can read, for systemd's ``STATUS=``."""

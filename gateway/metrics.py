@@ -86,6 +86,7 @@ class _Snapshot(Collector):
                 parts.add_metric([name], 1.0 if part.up else 0.0)
             failures.add_metric([name], part.failures)
         yield from (parts, failures)
+        yield from self._buses()
         if self.buffer is not None:
             yield GaugeMetricFamily(
                 "fieldgate_buffer_rows_waiting", "Readings waiting", value=self.buffer.waiting
@@ -93,12 +94,67 @@ class _Snapshot(Collector):
             yield CounterMetricFamily(
                 "fieldgate_buffer_dropped", "Readings the limits dropped", value=self.buffer.dropped
             )
+            yield CounterMetricFamily(
+                "fieldgate_buffer_quarantined",
+                "Buffered readings that no longer decoded, moved to the quarantine table",
+                value=self.buffer.quarantined,
+            )
             if self.buffer.oldest_read_at_ms is not None:
                 yield GaugeMetricFamily(
                     "fieldgate_buffer_oldest_reading_timestamp_seconds",
                     "Read time of the oldest waiting reading (UTC)",
                     value=self.buffer.oldest_read_at_ms / 1000,
                 )
+
+    def _buses(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "fieldgate_bus_requests", "Requests sent on the bus's line", labels=["bus"]
+        )
+        timeouts = CounterMetricFamily(
+            "fieldgate_bus_timeouts", "Requests that got no answer in time", labels=["bus"]
+        )
+        errors = CounterMetricFamily(
+            "fieldgate_bus_errors",
+            "Answers that were no valid answer, by kind (crc, malformed, late: an answer to an "
+            "abandoned request, closed: the peer closed the connection)",
+            labels=["bus", "kind"],
+        )
+        unit_requests = CounterMetricFamily(
+            "fieldgate_bus_unit_requests", "Requests to one unit", labels=["bus", "unit"]
+        )
+        unit_timeouts = CounterMetricFamily(
+            "fieldgate_bus_unit_timeouts", "Timeouts of one unit", labels=["bus", "unit"]
+        )
+        unit_errors = CounterMetricFamily(
+            "fieldgate_bus_unit_errors", "Invalid answers of one unit", labels=["bus", "unit"]
+        )
+        breaker = GaugeMetricFamily(
+            "fieldgate_bus_unit_breaker_open",
+            "1 while the unit is backed off (its polls fail at once, the line is spared)",
+            labels=["bus", "unit"],
+        )
+        for name, bus in sorted(self._health.buses.items()):
+            try:
+                counts = bus.refresh()
+            except Exception:  # a driver's bug must not cost the whole scrape
+                log.debug("bus %s: counters not readable", name, exc_info=True)
+                continue
+            requests.add_metric([name], counts.requests)
+            timeouts.add_metric([name], counts.timeouts)
+            for kind, value in (
+                ("crc", counts.crc_errors),
+                ("malformed", counts.malformed),
+                ("late", counts.late_answers),
+                ("closed", counts.closed_by_peer),
+            ):
+                errors.add_metric([name, kind], value)
+            for unit, slave in counts.slaves.items():
+                labels = [name, str(unit)]
+                unit_requests.add_metric(labels, slave.requests)
+                unit_timeouts.add_metric(labels, slave.timeouts)
+                unit_errors.add_metric(labels, slave.errors)
+                breaker.add_metric(labels, 1.0 if slave.breaker == "open" else 0.0)
+        yield from (requests, timeouts, errors, unit_requests, unit_timeouts, unit_errors, breaker)
 
 
 async def serve_metrics(

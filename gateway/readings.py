@@ -18,11 +18,22 @@ class Quality(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class PointValue:
-    """One decoded, scaled value of one point, with its engineering unit."""
+    """One decoded, scaled value of one point, with its engineering unit. A value is a number,
+    or text (a meter's serial number or model string, the label of an enumerated state)."""
 
     name: str
-    value: float | int | None
+    value: float | int | str | None
     unit: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsynchronised:
+    """A reading taken while the wall clock could not be believed (see
+    :mod:`gateway.timekeeping`): its moment on the monotonic clock of boot ``boot_id``, from
+    which its wall time is worked out once the clock synchronises in that boot."""
+
+    boot_id: str
+    monotonic_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +48,8 @@ class Reading:
     read_at_ms: int
     values: tuple[PointValue, ...]
     quality: Quality = Quality.GOOD
+    #: Set while the wall clock is not synchronised: ``read_at_ms`` is then only its guess.
+    unsynchronised: Unsynchronised | None = None
 
     @property
     def read_at(self) -> datetime:

@@ -14,6 +14,7 @@ from gateway.clock import Clock
 from gateway.driver import PolledDevice
 from gateway.errors import DeviceError
 from gateway.sink import Sink
+from gateway.timekeeping import STEP_THRESHOLD
 
 
 def next_slot(now: float, interval: float) -> float:
@@ -29,6 +30,19 @@ def following_slot(due: float, now: float, interval: float) -> tuple[float, int]
         return following, 0
     free = next_slot(now, interval)
     return free, round((free - following) / interval)
+
+
+def slot_after_step(polled_at: float, now: float, interval: float) -> tuple[float, int]:
+    """After the wall clock stepped: the next poll's slot, from when the last poll began
+    (``polled_at``, told on the new clock) and the time now; and the slots skipped.
+
+    The slot after the one that poll served comes next, so a step back does not poll a slot
+    again and a step forward neither bursts nor counts the hours it jumped as skipped. A slot
+    passed by less than half an interval is polled at once, late, rather than skipped."""
+    following = (round(polled_at / interval) + 1) * interval
+    if now - following < interval / 2:
+        return following, 0
+    return following_slot(following - interval, now, interval)
 
 
 class DevicePoller:
@@ -48,23 +62,52 @@ class DevicePoller:
         self._sink = sink
         self._clock = clock
         self._stop = stop
+        self._offset = 0.0
 
     async def run(self) -> None:
-        due = next_slot(self._clock.wall(), self.interval)
+        clock = self._clock
+        due = next_slot(clock.wall(), self.interval)
+        # The wall clock less the monotonic one: it changes only when the wall clock steps.
+        self._offset = clock.wall() - clock.monotonic()
+        #: When the last poll began, on the monotonic clock.
+        polled_at: float | None = None
         while not self._stop.is_set():
-            wait = due - self._clock.wall()
-            if wait > self.interval:
-                # The wall clock went back (NTP's first sync on a box without an RTC): realign
-                # instead of sleeping until the old time comes round again.
-                due = next_slot(self._clock.wall(), self.interval)
+            wait = due - clock.wall()
+            if wait > self.interval + STEP_THRESHOLD:
+                # Only a step the offset did not show (it cannot, with a clock whose monotonic
+                # side moved too): realign instead of waiting for the old time to come round.
+                due = next_slot(clock.wall(), self.interval)
                 continue
-            await self._clock.sleep(max(0.0, wait))
+            # Sleeping is on the monotonic clock: a step while asleep is seen on waking.
+            await clock.sleep(max(0.0, wait))
             if self._stop.is_set():
                 return
+            if self._stepped():
+                due = (
+                    next_slot(clock.wall(), self.interval)
+                    if polled_at is None
+                    else slot_after_step(polled_at + self._offset, clock.wall(), self.interval)[0]
+                )
+                continue
+            polled_at = clock.monotonic()
             await self.poll_once()
-            due, skipped = following_slot(due, self._clock.wall(), self.interval)
+            if self._stepped():
+                due, skipped = slot_after_step(
+                    polled_at + self._offset, clock.wall(), self.interval
+                )
+            else:
+                due, skipped = following_slot(due, clock.wall(), self.interval)
             if skipped:
                 self._sink.cycles_skipped(self.device.name, skipped)
+
+    def _stepped(self) -> bool:
+        """Whether the wall clock stepped since the last look (logged once for all pollers)."""
+        offset = self._clock.wall() - self._clock.monotonic()
+        if abs(offset - self._offset) <= STEP_THRESHOLD:
+            return False
+        self._sink.steps.noticed(self._offset, offset)
+        self._offset = offset
+        return True
 
     async def poll_once(self) -> None:
         name = self.device.name

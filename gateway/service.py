@@ -15,18 +15,20 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 from drivers.catalog import bus_driver_factory
 from gateway.backoff import Backoff
 from gateway.buffer import Buffer
 from gateway.clock import Clock, SystemClock
+from gateway.config.loader import load_config
 from gateway.config.model import GatewayConfig
 from gateway.driver import BusDriverFactory, PolledDevice, StreamingBusDriver
-from gateway.errors import StorageError
+from gateway.errors import ConfigError, StorageError
 from gateway.health import HealthRegistry
 from gateway.metrics import serve_metrics
 from gateway.scheduler import DevicePoller
-from gateway.shutdown import ShutdownRequest
+from gateway.shutdown import Budget, Deadline, ShutdownRequest
 from gateway.sink import Sink
 from gateway.systemd import Notifier, report_to_systemd, watchdog_period
 from gateway.upstream.forwarder import Forwarder
@@ -54,98 +56,152 @@ async def run_gateway(
     shutdown: ShutdownRequest | None = None,
     clock: Clock | None = None,
     health: HealthRegistry | None = None,
+    *,
     drivers: Callable[[str], BusDriverFactory] = bus_driver_factory,
+    config_path: Path | None = None,
 ) -> None:
     """Run until a stop is requested (SIGTERM or SIGINT), then stop within the configured bound
     (``gateway.stop_timeout``) with everything stored committed in the buffer. ``drivers``
-    gives the factory of a bus type (the catalog's; tests bring drivers of their own)."""
+    gives the factory of a bus type (the catalog's; tests bring drivers of their own).
+
+    SIGHUP reloads ``config_path``: the new config is validated first, and a config with
+    mistakes is refused with the reasons logged while the running one goes on. An accepted one
+    replaces the running one: the parts stop (within the same bound) and start again with it,
+    on the same buffer file or the new one the config names; nothing stored is lost."""
     clock = clock or SystemClock()
     health = health or HealthRegistry()
-    for device in config.devices:
-        health.device(device.name)  # every configured device is in the registry from the start
     shutdown = shutdown or ShutdownRequest()
-    if config.mqtt.tls is not None and not config.mqtt.tls.verify_hostname:
-        log.warning(
-            "mqtt.tls.verify_hostname is off: any certificate the CA signed is taken for %s "
-            "(for a lab, never for a fleet)",
-            config.mqtt.host,
-        )
     shutdown.set_bound(config.gateway.stop_timeout)
     stop = shutdown.attach(asyncio.get_running_loop())
     try:
         if stop.is_set():
             log.info("stop requested before start; nothing was opened")
             return
-        limits = config.buffer
-        buffer = await Buffer.open(
-            limits.path,
-            limits.max_size,
-            limits.max_age,
-            commit_delay=limits.commit_delay,
-            memory_queue=limits.memory_queue,
-            storing=health.storing,
-        )
-        try:
-            async with contextlib.AsyncExitStack() as buses:
-                sink = Sink(buffer, health, clock)
-                parts = await _open_buses(config, drivers, buses, sink, clock, stop)
-                forwarder = Forwarder(
-                    config.mqtt,
-                    JsonDialect(config.mqtt.topic_prefix, config.gateway.id),
-                    buffer,
-                    clock,
-                    health.uplink,
-                    health.forwarding,
-                    gateway_id=config.gateway.id,
-                    replay_rate=limits.replay_rate,
-                )
-                if config.metrics is not None:
-                    parts.append(
-                        _Part(
-                            "metrics endpoint",
-                            partial(
-                                serve_metrics,
-                                config.metrics.listen,
-                                config.metrics.port,
-                                health,
-                                buffer.stats,
-                            ),
-                        )
-                    )
-                notifier = Notifier()
-                parts.append(
-                    _Part(
-                        "report to systemd",
-                        partial(
-                            report_to_systemd,
-                            notifier,
-                            health,
-                            buffer.probe,
-                            watchdog_period(),
-                            stop,
-                        ),
-                    )
-                )
-                await _serve(
-                    parts,
-                    started=await _start_line(config, buffer),
-                    notifier=notifier,
-                    forwarder=forwarder,
-                    health=health,
-                    stop=stop,
-                    shutdown=shutdown,
-                    clock=clock,
-                )
-                # Leaving the stack closes the buses: bounded like every other step.
-                await _bounded(buses.aclose(), shutdown, "closing the buses")
-        finally:
-            await _bounded(buffer.close(), shutdown, "closing the buffer")
+        running: GatewayConfig | None = config
+        while running is not None:
+            shutdown.set_bound(running.gateway.stop_timeout)
+            running = await _run_config(
+                running, config_path, shutdown, stop, clock=clock, health=health, drivers=drivers
+            )
         took = shutdown.seconds_since_request()
         log.info(
             "stopped%s", f" {took * 1000:.0f} ms after the request" if took is not None else ""
         )
     finally:
         shutdown.detach()
+
+
+async def _run_config(
+    config: GatewayConfig,
+    config_path: Path | None,
+    shutdown: ShutdownRequest,
+    stop: asyncio.Event,
+    *,
+    clock: Clock,
+    health: HealthRegistry,
+    drivers: Callable[[str], BusDriverFactory],
+) -> GatewayConfig | None:
+    """Run one config until a stop (returns None) or an accepted reload (returns the new
+    config), and take its parts down within the bound either way."""
+    health.keep_only(device.name for device in config.devices)
+    health.buses.clear()  # each bus of this config registers its counters again when opened
+    for device in config.devices:
+        health.device(device.name)  # every configured device is in the registry from the start
+    if config.mqtt.tls is not None and not config.mqtt.tls.verify_hostname:
+        log.warning(
+            "mqtt.tls.verify_hostname is off: any certificate the CA signed is taken for %s "
+            "(for a lab, never for a fleet)",
+            config.mqtt.host,
+        )
+    # The parts of this config stop on this event: set on a stop, and on an accepted reload.
+    ending = asyncio.Event()
+    limits = config.buffer
+    buffer = await Buffer.open(
+        limits.path,
+        limits.max_size,
+        limits.max_age,
+        commit_delay=limits.commit_delay,
+        memory_queue=limits.memory_queue,
+        storing=health.storing,
+    )
+    deadline: Deadline = shutdown
+    try:
+        async with contextlib.AsyncExitStack() as buses:
+            sink = Sink(buffer, health, clock)
+            parts = await _open_buses(config, drivers, buses, sink, clock, ending, health)
+            forwarder = Forwarder(
+                config.mqtt,
+                JsonDialect(config.mqtt.topic_prefix, config.gateway.id),
+                buffer,
+                clock,
+                health.uplink,
+                health.forwarding,
+                gateway_id=config.gateway.id,
+                replay_rate=limits.replay_rate,
+            )
+            if config.metrics is not None:
+                parts.append(
+                    _Part(
+                        "metrics endpoint",
+                        partial(
+                            serve_metrics,
+                            config.metrics.listen,
+                            config.metrics.port,
+                            health,
+                            buffer.stats,
+                        ),
+                    )
+                )
+            notifier = Notifier()
+            parts.append(
+                _Part(
+                    "report to systemd",
+                    partial(
+                        report_to_systemd,
+                        notifier,
+                        health,
+                        buffer.probe,
+                        watchdog_period(),
+                        ending,
+                    ),
+                )
+            )
+            next_config, deadline = await _serve(
+                parts,
+                started=await _start_line(config, buffer),
+                notifier=notifier,
+                forwarder=forwarder,
+                health=health,
+                stop=stop,
+                ending=ending,
+                shutdown=shutdown,
+                clock=clock,
+                reload=partial(_reload, shutdown, config_path),
+            )
+            # Leaving the stack closes the buses: bounded like every other step.
+            await _bounded(buses.aclose(), deadline, "closing the buses")
+    finally:
+        await _bounded(buffer.close(), deadline, "closing the buffer")
+    return next_config
+
+
+async def _reload(shutdown: ShutdownRequest, config_path: Path | None) -> GatewayConfig | None:
+    """On SIGHUP: the config file again, validated; None (and the reasons logged) if it cannot
+    replace the running one."""
+    shutdown.reload.clear()
+    if config_path is None:
+        log.warning("SIGHUP: no config file to reload (the config was not read from a file)")
+        return None
+    try:
+        # File I/O and pydantic: off the event loop.
+        return await asyncio.to_thread(load_config, config_path)
+    except ConfigError as exc:
+        log.error(  # noqa: TRY400 - the problems are the message; a traceback adds nothing
+            "SIGHUP: %s is not valid, the running config stays:\n  %s",
+            config_path,
+            "\n  ".join(exc.problems),
+        )
+        return None
 
 
 async def _start_line(config: GatewayConfig, buffer: Buffer) -> str:
@@ -170,6 +226,7 @@ async def _open_buses(  # noqa: PLR0917 - one caller, each argument a different 
     sink: Sink,
     clock: Clock,
     stop: asyncio.Event,
+    health: HealthRegistry,
 ) -> list[_Part]:
     devices: dict[str, PolledDevice] = {}
     parts: list[_Part] = []
@@ -179,6 +236,7 @@ async def _open_buses(  # noqa: PLR0917 - one caller, each argument a different 
             factory(bus_config, config.devices_on(bus_config.name), clock)
         )
         devices.update((device.name, device) for device in bus.devices)
+        health.watch_bus(bus_config.name, bus)  # line counters, if the driver counts them
         if isinstance(bus, StreamingBusDriver):
             parts.append(_Part(f"stream of bus {bus_config.name}", _stream_runner(bus, sink)))
     for device in config.devices:
@@ -204,28 +262,56 @@ async def _serve(
     forwarder: Forwarder,
     health: HealthRegistry,
     stop: asyncio.Event,
+    ending: asyncio.Event,
     shutdown: ShutdownRequest,
     clock: Clock,
-) -> None:
+    reload: Callable[[], Awaitable[GatewayConfig | None]],
+) -> tuple[GatewayConfig | None, Deadline]:
+    """Run the parts until a stop or an accepted reload; returns the new config (None for a
+    stop) and the deadline the rest of the teardown keeps."""
     producers = {
-        asyncio.create_task(_keep_running(part, stop, clock), name=part.name) for part in parts
+        asyncio.create_task(_keep_running(part, ending, clock), name=part.name) for part in parts
     }
     uplink = asyncio.create_task(
-        _keep_running(_Part("uplink", forwarder.run), stop, clock), name="uplink"
+        _keep_running(_Part("uplink", forwarder.run), ending, clock), name="uplink"
     )
+    next_config: GatewayConfig | None = None
+    deadline: Deadline = shutdown
     try:
         log.info("fieldgate running: %s", started)
         notifier.send(f"READY=1\nSTATUS={health.status_line()}")
-        await stop.wait()
+        while next_config is None and not stop.is_set():
+            await _first_of(stop, shutdown.reload)
+            if not stop.is_set():
+                next_config = await reload()
     finally:
         # Also when we are cancelled ourselves: no task outlives its owner, and the bound holds.
-        shutdown.request()
-        log.info("stopping (within %.1fs)", shutdown.seconds_left())
-        notifier.send("STOPPING=1")
-        await _stop_tasks(producers, shutdown)
-        goodbye = min(_GOODBYE_MAX, shutdown.seconds_left() / 2)
-        await _bounded(forwarder.say_goodbye(goodbye), shutdown, "the goodbye to the broker")
-        await _stop_tasks({uplink}, shutdown)
+        ending.set()
+        if next_config is not None and not stop.is_set():
+            deadline = Budget(shutdown.bound or 0.0)
+            log.info("reloading the config (parts stop within %.1fs)", deadline.seconds_left())
+            notifier.send("RELOADING=1")
+        else:
+            next_config = None
+            shutdown.request()
+            log.info("stopping (within %.1fs)", shutdown.seconds_left())
+            notifier.send("STOPPING=1")
+        await _stop_tasks(producers, deadline)
+        if next_config is None:
+            goodbye = min(_GOODBYE_MAX, deadline.seconds_left() / 2)
+            await _bounded(forwarder.say_goodbye(goodbye), deadline, "the goodbye to the broker")
+        await _stop_tasks({uplink}, deadline)
+    return next_config, deadline
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    waiters = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
 
 
 async def _keep_running(part: _Part, stop: asyncio.Event, clock: Clock) -> None:
@@ -250,25 +336,25 @@ async def _keep_running(part: _Part, stop: asyncio.Event, clock: Clock) -> None:
         await clock.sleep(backoff.failed(clock.monotonic()))
 
 
-async def _stop_tasks(tasks: set[asyncio.Task[None]], shutdown: ShutdownRequest) -> None:
+async def _stop_tasks(tasks: set[asyncio.Task[None]], deadline: Deadline) -> None:
     """Cancel ``tasks`` and keep cancelling those still running until all are done or the bound
     is spent: one cancellation can be swallowed (see :mod:`gateway.scheduler`)."""
     pending = {task for task in tasks if not task.done()}
-    while pending and shutdown.seconds_left() > 0:
+    while pending and deadline.seconds_left() > 0:
         for task in pending:
             task.cancel()
         _done, pending = await asyncio.wait(
-            pending, timeout=min(_RECANCEL_EVERY, shutdown.seconds_left())
+            pending, timeout=min(_RECANCEL_EVERY, deadline.seconds_left())
         )
     if pending:
         names = ", ".join(sorted(task.get_name() for task in pending))
         log.error("did not stop within the bound: %s", names)
 
 
-async def _bounded(step: Awaitable[None], shutdown: ShutdownRequest, what: str) -> None:
+async def _bounded(step: Awaitable[None], deadline: Deadline, what: str) -> None:
     """Run a step of the shutdown in what is left of the bound."""
     try:
-        async with asyncio.timeout(shutdown.seconds_left()):
+        async with asyncio.timeout(deadline.seconds_left()):
             await step
     except TimeoutError:
         log.error(  # noqa: TRY400 - where it hung is in the message; a traceback adds nothing

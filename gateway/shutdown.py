@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from types import FrameType
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,22 @@ log = logging.getLogger(__name__)
 EX_SOFTWARE = 70
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Deadline(Protocol):
+    """What is left of a time budget: what every step of taking the parts down runs under."""
+
+    def seconds_left(self) -> float: ...
+
+
+class Budget:
+    """A budget of ``seconds`` from now (for a reload, which has no stop request)."""
+
+    def __init__(self, seconds: float) -> None:
+        self._ends = time.monotonic() + seconds
+
+    def seconds_left(self) -> float:
+        return max(0.0, self._ends - time.monotonic())
 
 
 class ShutdownRequest:
@@ -47,6 +64,8 @@ class ShutdownRequest:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
         self._guard: threading.Timer | None = None
+        #: Set on SIGHUP while the loop runs: the service reloads its config file.
+        self.reload = asyncio.Event()
 
     @property
     def requested(self) -> bool:
@@ -56,6 +75,9 @@ class ShutdownRequest:
         """Catch the signals now, before the event loop exists (call it first thing)."""
         for signum in _SIGNALS:
             signal.signal(signum, self._on_signal)
+        # SIGHUP's default action ends the process: before the loop runs there is nothing to
+        # reload yet, so it is noted and ignored.
+        signal.signal(signal.SIGHUP, self._on_early_hangup)
         self._installed = True
 
     def set_bound(self, seconds: float) -> None:
@@ -70,6 +92,7 @@ class ShutdownRequest:
         self._event = asyncio.Event()
         for signum in _SIGNALS:
             loop.add_signal_handler(signum, self._signalled)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         if self._requested.is_set():
             self._event.set()
         return self._event
@@ -78,7 +101,7 @@ class ShutdownRequest:
         """Back to the plain handlers: removing the loop's handlers would restore the default
         action, and a SIGTERM while the process exits would then kill it with no exit code."""
         if self._loop is not None:
-            for signum in _SIGNALS:
+            for signum in (*_SIGNALS, signal.SIGHUP):
                 with contextlib.suppress(RuntimeError, ValueError):
                     self._loop.remove_signal_handler(signum)
             self._loop = None
@@ -103,6 +126,14 @@ class ShutdownRequest:
 
     def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
         self._signalled()
+
+    def _on_early_hangup(self, _signum: int, _frame: FrameType | None) -> None:
+        log.info("SIGHUP before the gateway runs: nothing to reload yet")
+
+    def request_reload(self) -> None:
+        """What SIGHUP does while the loop runs."""
+        log.info("SIGHUP: reloading the config")
+        self.reload.set()
 
     def _signalled(self) -> None:
         if self._requested.is_set():

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+from fieldgate_sim.fleet import FleetSubscriber
 from fieldgate_sim.processes import terminate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -141,3 +144,28 @@ def run_fieldgate(*args: str, timeout: float = 120) -> subprocess.CompletedProce
         timeout=timeout,
         check=False,
     )
+
+
+def buffered(path: Path) -> tuple[set[int], int]:
+    """The sequence numbers waiting in a buffer file, and the newest ever given; checks the
+    file's integrity on the way."""
+    if not path.exists():
+        return set(), 0
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        waiting = {row[0] for row in db.execute("SELECT seq FROM readings")}
+        newest = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()
+    return waiting, int(newest[0]) if newest else 0
+
+
+def nothing_lost(buffer_path: Path, fleet: FleetSubscriber | None) -> None:
+    """Every reading the gateway numbered is still in the buffer or at the fleet (a row leaves
+    the buffer only after the broker acknowledged it)."""
+    waiting, newest = buffered(buffer_path)
+    left = set(range(1, newest + 1)) - waiting
+    if fleet is None:
+        assert not left, "rows left the buffer with no broker to take them"
+        return
+    assert fleet.wait_for(lambda f: left <= set(reading_seqs(f.readings())), timeout=30), sorted(
+        left - set(reading_seqs(fleet.readings()))
+    )[:20]

@@ -9,13 +9,26 @@ import itertools
 
 
 class ManualClock:
-    def __init__(self, start: float) -> None:
+    """``now`` is the monotonic time; the wall clock is ``now`` plus an offset that
+    :meth:`step` changes, as NTP's first sync or ``date -s`` does, and ``synced`` is what
+    :meth:`synchronised` answers."""
+
+    def __init__(self, start: float, *, synced: bool = True) -> None:
         self.now = start
+        self.offset = 0.0
+        self.synced = synced
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
 
     def wall(self) -> float:
-        return self.now
+        return self.now + self.offset
+
+    def step(self, seconds: float) -> None:
+        """The wall clock jumps by ``seconds``; the monotonic one does not."""
+        self.offset += seconds
+
+    def synchronised(self) -> bool:
+        return self.synced
 
     def monotonic(self) -> float:
         return self.now

@@ -24,6 +24,7 @@ _ANNOTATIONS = frozenset(
 _KNOWN = _ANNOTATIONS | {
     "$ref",
     "additionalProperties",
+    "propertyNames",
     "anyOf",
     "const",
     "enum",
@@ -94,6 +95,11 @@ class _Generator:
         return by_type[kind](schema)
 
     def _object(self, schema: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
+        mapping = schema.get("additionalProperties")
+        if isinstance(mapping, dict) and not schema.get("properties"):
+            # A table (an enum's raw value -> label): keys as propertyNames says.
+            keys = self.strategy({"type": "string", **schema.get("propertyNames", {})})
+            return st.dictionaries(keys, self.strategy(mapping), max_size=_EXTRA_ITEMS)
         if schema.get("additionalProperties", True) is not False:
             raise ValueError("only closed objects (additionalProperties: false) are generated")
         properties: dict[str, Any] = schema.get("properties", {})

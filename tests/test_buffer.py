@@ -383,3 +383,30 @@ def test_the_pace_of_the_backlog_counts_tokens_not_time():
     assert pace.take(5, now=100.35) == 3
     assert pace.take(5, now=110.0) == 5  # never more than the burst
     assert Pace(rate=0, burst=5, now=0).take(1000, now=0) == 1000
+
+
+# WAL checkpoints off the commit path.
+
+
+async def test_wal_checkpoints_run_beside_the_commits_and_keep_the_wal_bounded(tmp_path: Path):
+    path = tmp_path / "b.db"
+    buffer = await Buffer.open(path, 10**12, 1e12, commit_delay=0.001)
+    wal = Path(f"{path}-wal")
+    largest = 0
+    try:
+        for slot in range(400):  # ~40 KiB a group: ~16 MiB through the WAL in all
+            await asyncio.gather(*(buffer.append(big_reading(slot * 100 + d)) for d in range(20)))
+            largest = max(largest, wal_size(wal))
+        # Started by the group commits, run on their own thread (the commit's own connection
+        # has SQLite's automatic checkpoint off: it would run inside a commit).
+        await eventually(lambda: buffer.checkpoints >= 4)
+        assert len(rows(path)) == 8000
+    finally:
+        await buffer.close()
+    # Cut back to the limit after each checkpoint: a few MiB at most, not the 16 written.
+    assert largest < 4 << 20, largest
+    assert wal_size(wal) == 0  # the last connection to close checkpointed and removed it
+
+
+def wal_size(wal: Path) -> int:
+    return wal.stat().st_size if wal.exists() else 0

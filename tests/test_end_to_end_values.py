@@ -14,6 +14,7 @@ import pytest
 from fieldgate_sim.fleet import FleetSubscriber
 from fieldgate_sim.modbus_server import RegisterBank, start_in_thread
 from fieldgate_sim.mosquitto import MosquittoBroker
+from fieldgate_sim.template_meter import TemplateMeter
 
 from tests.harness import REPO, GatewayProcess, gateway_yaml, start_gateway
 
@@ -104,3 +105,47 @@ def test_values_at_the_broker_match_the_meter(
     assert read_at.microsecond % 1000 == 0  # milliseconds, as documented
     topic = next(m.topic for m in fleet.messages() if m.topic.endswith("/reading"))
     assert topic == "fieldgate/gw-test/devices/bank/reading"
+
+
+def test_text_and_enum_values_reach_the_broker_as_the_meter_means_them(
+    broker: MosquittoBroker, fleet: FleetSubscriber, gateways: list[GatewayProcess], tmp_path: Path
+):
+    # Template meters from hw-sim: a heat meter's enumerated states and unit codes, an
+    # inverter's model and serial strings; through the buffer and the JSON dialect to the broker.
+    heat = TemplateMeter(1, "aquametro-calec-st")
+    inverter = TemplateMeter(2, "sunspec-inverter-float")
+    with start_in_thread([heat, inverter]) as meter:
+        config = gateway_yaml(
+            broker.port,
+            tmp_path / "buffer.db",
+            buses=f"""\
+            - name: lan
+              type: modbus_tcp
+              host: 127.0.0.1
+              port: {meter.port}
+            """,
+            devices="""\
+            - {name: heat, bus: lan, unit_id: 1, interval: 1s, template: aquametro-calec-st}
+            - {name: pv, bus: lan, unit_id: 2, interval: 1s, template: sunspec-inverter-float}
+            """,
+        )
+        gateway = start_gateway(gateways, tmp_path, config)
+        got = lambda f: {r["device"] for r in f.readings()} >= {"heat", "pv"}  # noqa: E731
+        assert fleet.wait_for(got, timeout=20), gateway.log()
+        assert gateway.stop() == 0
+
+    schema = json.loads((REPO / "docs" / "payload.schema.json").read_text())
+    for device, simulated in (("heat", heat), ("pv", inverter)):
+        payload = next(r for r in fleet.readings() if r["device"] == device)
+        jsonschema.validate(payload, schema, format_checker=jsonschema.FormatChecker())
+        assert payload["quality"] == "good"
+        values = {name: entry["value"] for name, entry in payload["values"].items()}
+        assert set(values) == set(simulated.values)
+        for name, meant in simulated.values.items():
+            if isinstance(meant, str):
+                assert values[name] == meant, name
+            else:
+                assert values[name] == pytest.approx(meant, rel=1e-9), name
+    heat_values = next(r for r in fleet.readings() if r["device"] == "heat")["values"]
+    assert heat_values["device_kind"]["value"] == "CALEC ST"
+    assert heat_values["energy_unit"] == {"value": "kWh", "unit": None}

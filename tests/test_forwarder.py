@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -16,14 +17,15 @@ import pytest
 from fieldgate_sim.fleet import FleetSubscriber
 from fieldgate_sim.mosquitto import MosquittoBroker
 
-from gateway.buffer import Buffer, ReadingStore
+from gateway.buffer import Buffer, BufferStats, ReadingStore
 from gateway.clock import SystemClock
 from gateway.config.model import MqttConfig
-from gateway.errors import StorageError
+from gateway.events import EventKind
 from gateway.health import PartHealth
 from gateway.readings import PointValue, Quality, Reading
 from gateway.upstream.forwarder import Forwarder
 from gateway.upstream.json_dialect import JsonDialect
+from tests.harness import run_fieldgate
 
 #: Liveness bound for waits; generous, never a claim about speed.
 PATIENCE = 60.0
@@ -199,26 +201,61 @@ async def test_locked_buffer_is_reported_once_and_nothing_is_lost(
     assert records(caplog, "the buffer works again") == 1
 
 
-def damage(path: Path, seq: int, point_values: str = "{not json") -> None:
+def insert_broken(path: Path, device: str, quality: str, point_values: str) -> int:
+    """A row written straight into the file, as damage or another version would leave it."""
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
-        db.execute("UPDATE readings SET point_values = ? WHERE seq = ?", (point_values, seq))
+        seq = db.execute(
+            "INSERT INTO readings (device, read_at_ms, quality, point_values) "
+            "VALUES (?, 1764072000000, ?, ?)",
+            (device, quality, point_values),
+        ).lastrowid
+    assert isinstance(seq, int)
+    return seq
 
 
-async def test_undecodable_row_is_reported_and_retried_not_a_crash(
-    parts: Parts, fleet: FleetSubscriber
+def quarantined_rows(path: Path) -> list[tuple[int, str]]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return db.execute("SELECT seq, error FROM quarantine ORDER BY seq").fetchall()
+
+
+async def test_undecodable_rows_are_quarantined_reported_and_the_rest_delivered(
+    parts: Parts, fleet: FleetSubscriber, caplog: pytest.LogCaptureFixture
 ):
-    await parts.append(1, 10)
-    damage(parts.path, 3)
-    async with running(parts.forwarder) as task:
-        await eventually(lambda: parts.storage.failures >= 2)
-        assert "seq 3" in (parts.storage.last_error or "")
-        assert not task.done()
-        # Repaired (by hand, here): forwarding picks up where it stopped.
-        damage(parts.path, 3, '[["v", 3.0, "V"]]')
+    await parts.append(1, 5)
+    assert insert_broken(parts.path, "m1", "good", "{not json") == 6
+    for number in range(7, 11):
+        assert await parts.buffer.append(reading(number)) == number
+    assert insert_broken(parts.path, "m2", "excellent", '[["v", 1.0, "V"]]') == 11
+    async with running(parts.forwarder):
+        # The backlog (1..11) with two broken rows in it; then live rows with a third.
+        await eventually(lambda: set(range(1, 11)) - {6} <= set(seqs_received(fleet)))
+        for number in range(12, 16):
+            assert await parts.buffer.append(reading(number)) == number
+        assert insert_broken(parts.path, "m1", "good", '[["v", true, "V"]]') == 16
+        for number in range(17, 21):
+            assert await parts.buffer.append(reading(number)) == number
+        await eventually(lambda: set(range(1, 21)) - {6, 11, 16} <= set(seqs_received(fleet)))
         await eventually(lambda: rows_waiting(parts.path) == 0)
-        await eventually(lambda: set(range(1, 11)) <= set(seqs_received(fleet)))
-    assert parts.storage.up is True
-    assert_complete_and_ordered(seqs_received(fleet), 10)
+        await eventually(lambda: events_waiting(parts.path) == 0)
+    assert not {6, 11, 16} & set(seqs_received(fleet))
+    events = [json.loads(m.payload) for m in fleet.messages(lambda t: t == "fieldgate/gw-f/events")]
+    named = sorted((e["seq_first"], e["seq_last"]) for e in events if e["event"] == "quarantined")
+    assert named == [(6, 6), (11, 11), (16, 16)]
+    assert all("quarantine table" in e["detail"] for e in events)
+    # Kept for a technician, with the reason; counted; reported once each, not a failure.
+    kept = quarantined_rows(parts.path)
+    assert [seq for seq, _ in kept] == [6, 11, 16]
+    assert "Expecting property" in kept[0][1]
+    assert (await parts.buffer.stats()).quarantined == 3
+    assert parts.storage.incidents == 3
+    assert parts.storage.up is not False
+    for seq in (6, 11, 16):
+        assert records(caplog, f"seq {seq} was quarantined") == 1
+    # A technician sees them, with the reason, in `fieldgate buffer`.
+    shown = run_fieldgate("buffer", "--file", str(parts.path))
+    assert shown.returncode == 0, shown.stderr
+    assert "quarantined (no longer decode" in shown.stdout
+    assert "11   m2      buffered reading seq 11 does not decode" in shown.stdout, shown.stdout
 
 
 @pytest.mark.parametrize(
@@ -230,20 +267,28 @@ async def test_undecodable_row_is_reported_and_retried_not_a_crash(
         ("point_values", '[["v", true, "V"]]', "triple"),
         ("point_values", '[[1, 2, "V"]]', "triple"),
         ("quality", "excellent", "'excellent' is not a valid Quality"),
+        ("read_at_ms", "yesterday", "wrong type"),
     ],
 )
-def test_a_row_that_does_not_decode_is_a_storage_error_naming_it(
+def test_a_row_that_does_not_decode_is_quarantined_with_its_reason(
     tmp_path: Path, column: str, value: str, complaint: str
 ):
     store = ReadingStore(tmp_path / "b.db", max_size=10**9, max_age_s=1e9)
     try:
         store.append(reading(1))
         store.append(Reading("m1", 5, (PointValue("v", None, None),), Quality.PARTIAL))
+        store.append(reading(3))
         with contextlib.closing(sqlite3.connect(tmp_path / "b.db", isolation_level=None)) as db:
             db.execute(f"UPDATE readings SET {column} = ? WHERE seq = 2", (value,))
-        with pytest.raises(StorageError, match=f"seq 2 does not decode: .*{complaint}"):
-            store.oldest(0, 10)
-        assert [r.seq for r in store.oldest(0, 1)] == [1]
+        # The limit is filled from behind the bad row: fewer would mean "no more rows".
+        assert [r.seq for r in store.oldest(0, 2)] == [1, 3]
+        ((seq, error),) = quarantined_rows(tmp_path / "b.db")
+        assert seq == 2
+        assert re.search(f"seq 2 does not decode: .*{complaint}", error)
+        (stored,) = store.events(0, 10)
+        assert stored.event.kind is EventKind.QUARANTINED
+        assert (stored.event.seq_first, stored.event.seq_last) == (2, 2)
+        assert store.stats() == BufferStats(2, 1_764_072_000_001, 3, 0, 1)
     finally:
         store.close()
 

@@ -32,6 +32,9 @@ class FixedClock:
     def monotonic(self) -> float:
         return 0.0
 
+    def synchronised(self) -> bool:
+        return True
+
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
@@ -53,7 +56,7 @@ async def read_once(
         return await host.devices[0].read()
 
 
-def values_of(reading: Reading) -> dict[str, float | int | None]:
+def values_of(reading: Reading) -> dict[str, float | int | str | None]:
     return {point.name: point.value for point in reading.values}
 
 

@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fieldgate_sim.modbus_server import Faults, start_in_thread
 from fieldgate_sim.mosquitto import MosquittoBroker, free_port
+from fieldgate_sim.template_meter import TemplateMeter
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.clock import Clock, SystemClock, epoch_ms
@@ -110,3 +112,78 @@ def test_metrics_listen_on_localhost_by_default():
     )
     assert config.metrics is not None
     assert config.metrics.listen == "127.0.0.1"
+
+
+async def test_metrics_count_requests_timeouts_and_errors_per_bus_and_unit(
+    broker: MosquittoBroker, tmp_path: Path
+):
+    # A real Modbus TCP line (hw-sim) with a healthy meter, a silent one and one answering
+    # garbage, read by the real driver through the service: the line's and each unit's counters.
+    meters = [TemplateMeter(unit, "eastron-sdm120") for unit in (1, 2, 3)]
+    with start_in_thread(meters) as server:
+        server.set_faults(2, Faults(silent=True))
+        server.set_faults(3, Faults(garbage=True))
+        port = free_port()
+        config = parse_config(
+            "gateway: {id: gw-metrics, stop_timeout: 5s}\n"
+            f"mqtt: {{host: 127.0.0.1, port: {broker.port}, reconnect_max: 1s}}\n"
+            f"buffer: {{path: {tmp_path / 'b.db'}}}\n"
+            f"metrics: {{port: {port}}}\n"
+            "buses: [{name: lan, type: modbus_tcp, host: 127.0.0.1, "
+            f"port: {server.port}, timeout: 100ms}}]\n"
+            "devices:\n"
+            + "".join(
+                f"- {{name: m{u}, bus: lan, unit_id: {u}, interval: 200ms, "
+                "template: eastron-sdm120}\n"
+                for u in (1, 2, 3)
+            )
+        )
+        health = HealthRegistry()
+        shutdown = ShutdownRequest()
+        run = asyncio.create_task(run_gateway(config, shutdown, SystemClock(), health))
+        url = f"http://127.0.0.1:{port}/metrics"
+
+        def enough() -> bool:
+            devices = health.devices
+            return (
+                devices["m1"].polls_ok >= 3
+                and devices["m2"].polls_failed >= 1
+                and devices["m3"].polls_failed >= 1
+            )
+
+        try:
+            async with asyncio.timeout(60):
+                while True:
+                    assert not run.done()
+                    try:
+                        status, text = await asyncio.to_thread(scrape, url)
+                    except OSError:  # not listening yet
+                        status = 0
+                    if status == 200 and enough():
+                        status, text = await asyncio.to_thread(scrape, url)
+                        break
+                    await asyncio.sleep(0.1)
+        finally:
+            shutdown.request()
+            async with asyncio.timeout(30):
+                await run
+    found = samples(text)
+
+    def unit(name: str, u: int) -> float:
+        return found[(name, (("bus", "lan"), ("unit", str(u))))]
+
+    assert found[("fieldgate_bus_requests_total", (("bus", "lan"),))] >= 5
+    assert found[("fieldgate_bus_timeouts_total", (("bus", "lan"),))] >= 2
+    assert found[("fieldgate_bus_errors_total", (("bus", "lan"), ("kind", "malformed")))] >= 1
+    assert found[("fieldgate_bus_errors_total", (("bus", "lan"), ("kind", "crc")))] == 0
+    assert unit("fieldgate_bus_unit_requests_total", 1) >= 3
+    assert unit("fieldgate_bus_unit_timeouts_total", 1) == 0
+    assert unit("fieldgate_bus_unit_errors_total", 1) == 0
+    assert unit("fieldgate_bus_unit_breaker_open", 1) == 0
+    # The silent unit: asked, retried once, then backed off (its breaker shows in the gauge).
+    assert unit("fieldgate_bus_unit_timeouts_total", 2) >= 2
+    assert unit("fieldgate_bus_unit_errors_total", 2) == 0
+    assert ("fieldgate_bus_unit_breaker_open", (("bus", "lan"), ("unit", "2"))) in found
+    assert unit("fieldgate_bus_unit_errors_total", 3) >= 1
+    assert unit("fieldgate_bus_unit_timeouts_total", 3) == 0
+    assert health.buses["lan"].counts.slaves[1].breaker == "closed"

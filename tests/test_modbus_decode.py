@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import struct
 from decimal import Decimal
 
@@ -233,3 +234,95 @@ def test_plan_is_never_slower_on_the_wire_than_one_request_per_point(specs):
 
     one_each = sum(20 + 2 * p.register_count for p in points)
     assert chars(plan_requests(points, max_gap=10)) <= one_each
+
+
+# -- text: strings and enums ----------------------------------------------------------------------
+
+
+def text_registers(raw: bytes, byte_order: ByteOrder) -> list[int]:
+    """ASCII bytes as a meter sends them, two to a register, written apart from the decoder."""
+    padded = raw + b"\0" * (len(raw) % 2)
+    if byte_order is ByteOrder.LITTLE:
+        return [padded[i + 1] << 8 | padded[i] for i in range(0, len(padded), 2)]
+    return [padded[i] << 8 | padded[i + 1] for i in range(0, len(padded), 2)]
+
+
+def string_point(length: int, byte_order: ByteOrder = ByteOrder.BIG) -> ModbusPoint:
+    return ModbusPoint.model_validate(
+        {"name": "s", "address": 0, "type": "string", "length": length, "byte_order": byte_order}
+    )
+
+
+# Printable ASCII without trailing spaces: what a meter's model or serial string holds.
+_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40).map(
+    lambda s: s.rstrip(" ")
+)
+
+
+@pytest.mark.parametrize("byte_order", list(ByteOrder))
+@given(text=_TEXT, padding=st.sampled_from([b"", b"\0", b" ", b"   \0\0", b"\0garbage"]))
+def test_string_round_trips_with_its_padding_stripped(
+    byte_order: ByteOrder, text: str, padding: bytes
+):
+    registers = text_registers(text.encode("ascii") + padding, byte_order)
+    point = string_point(len(registers) or 1, byte_order)
+    assert decode_point(point, registers or [0]) == text
+
+
+@given(raw=st.binary(min_size=2, max_size=40).filter(lambda b: len(b) % 2 == 0))
+def test_string_never_fails_and_replaces_bytes_that_are_not_ascii(raw: bytes):
+    registers = text_registers(raw, ByteOrder.BIG)
+    decoded = decode_point(string_point(len(registers)), registers)
+    assert isinstance(decoded, str)
+    assert "\0" not in decoded
+    assert not decoded.endswith(" ")
+    kept = raw.split(b"\0", 1)[0]
+    assert decoded.count("\ufffd") == sum(1 for b in kept.rstrip(b" ") if b > 0x7F)
+
+
+def test_string_reads_only_its_own_registers():
+    # The block a string sits in has more registers after it: they are not part of the text.
+    registers = text_registers(b"SDM630", ByteOrder.BIG) + text_registers(b"XX", ByteOrder.BIG)
+    assert decode_point(string_point(3), registers) == "SDM630"
+
+
+ENUM_LABELS = {0: "off", 1: "heating", 2: "cooling", 70000: "fault"}
+
+
+@pytest.mark.parametrize("length", [1, 2])
+@pytest.mark.parametrize("word_order", list(WordOrder))
+@given(raw=st.integers(0, 2**32 - 1))
+def test_enum_maps_raw_values_and_writes_unknown_ones_as_their_number(
+    length: int, word_order: WordOrder, raw: int
+):
+    raw %= 2 ** (16 * length)
+    point = ModbusPoint.model_validate(
+        {
+            "name": "mode",
+            "address": 0,
+            "type": "enum",
+            "length": length,
+            "word_order": word_order,
+            "values": ENUM_LABELS,
+        }
+    )
+    fmt = ">H" if length == 1 else ">I"
+    registers = registers_for(fmt, raw, word_order)
+    assert decode_point(point, registers) == ENUM_LABELS.get(raw, str(raw))
+
+
+@pytest.mark.parametrize(
+    ("point", "why"),
+    [
+        ({"type": "string"}, "needs length"),
+        ({"type": "string", "length": 4, "scale": 0.1}, "no scale"),
+        ({"type": "enum"}, "needs values"),
+        ({"type": "enum", "length": 3, "values": {1: "a"}}, "u16 (length: 1"),
+        ({"type": "u16", "values": {1: "a"}}, "only with type enum"),
+        ({"type": "u16", "length": 2}, "only with type string or enum"),
+        ({"type": "string", "length": 4, "address": 65533}, "runs past"),
+    ],
+)
+def test_text_points_refuse_what_they_cannot_mean(point: dict[str, object], why: str):
+    with pytest.raises(ValueError, match=re.escape(why)):
+        ModbusPoint.model_validate({"name": "p", "address": 0, **point})

@@ -78,6 +78,9 @@ class SteppedClock(SystemClock):
     def monotonic(self) -> float:
         return self.stepped
 
+    def synchronised(self) -> bool:
+        return True
+
 
 async def test_reconnects_after_the_meter_comes_back():
     points = [{"name": "x", "address": 0, "type": "u16"}]

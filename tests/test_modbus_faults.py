@@ -4,18 +4,23 @@ garbage counted and logged once without tracebacks, one connection shared by eve
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import pytest
 from fieldgate_sim.modbus_server import Faults, RegisterBank, RunningServer, start_in_thread
 
-from drivers.modbus.bus import ModbusBus
+from drivers.modbus.bus import ASK_REFUSED_AGAIN_AFTER, ModbusBus
 from drivers.modbus.config import ModbusDevice, ModbusTcpBus
 from drivers.modbus.tcp import open_modbus_tcp_bus
+from gateway.buffer import Buffer
 from gateway.clock import SystemClock
 from gateway.errors import DeviceProtocolError, DeviceTimeout, DeviceUnreachable
+from gateway.health import HealthRegistry
 from gateway.readings import Quality
+from gateway.scheduler import DevicePoller
+from gateway.sink import Sink
 from tests.manual_clock import ManualClock
 
 POINTS = [{"name": "x", "address": 0, "type": "u16"}, {"name": "y", "address": 1, "type": "u16"}]
@@ -201,3 +206,72 @@ async def test_a_refused_gap_is_not_read_across_again(meters):
         before = meters.requests_received(1)
         assert values(await meter.read()) == [11, 0]
         assert meters.requests_received(1) - before == 2
+
+
+async def test_refused_points_are_asked_again_after_a_while(meters):
+    points = [{"name": f"r{a}", "address": a, "type": "u16"} for a in range(4)]
+    meters.set_faults(2, Faults(refuse=[("holding", 2, 3)]))
+    clock = ManualClock(1000.0)
+    async with open_modbus_tcp_bus(bus_config(meters.port), [device("m", 2, points)], clock) as lan:
+        (meter,) = lan.devices
+        assert values(await meter.read()) == [21, 22, None, None]
+        clock.now += ASK_REFUSED_AGAIN_AFTER - 1
+        before = meters.requests_received(2)
+        assert values(await meter.read()) == [21, 22, None, None]
+        assert meters.requests_received(2) - before == 1  # the refused range still left out
+        # The meter was reconfigured: once the window has passed, the range is asked again.
+        meters.set_faults(2, None)
+        clock.now += 1
+        assert values(await meter.read()) == [21, 22, 0, 0]
+        assert len(meter.requests) == 1
+        assert not meter.refused
+        # Refused again: split off again, and kept off for another window.
+        meters.set_faults(2, Faults(refuse=[("holding", 2, 3)]))
+        clock.now += ASK_REFUSED_AGAIN_AFTER
+        assert values(await meter.read()) == [21, 22, None, None]
+        assert "r2" in meter.refused
+
+
+async def test_the_breaker_through_the_poller_spares_the_line_and_the_others(meters, tmp_path):
+    # The pollers the service runs, on an injected schedule: one poll a second for a minute,
+    # unit 2 silent. Unit 1 keeps every slot; unit 2 costs the line one timeout per backoff
+    # window; when it answers again it is polled once per slot, with no catch-up burst.
+    meters.set_faults(2, Faults(silent=True))
+    clock = ManualClock(10_000.0)
+    config = bus_config(meters.port, timeout="50ms", slave_backoff_max="8s")
+    buffer = await Buffer.open(tmp_path / "b.db", max_size=10**9, max_age_s=1e9)
+    health = HealthRegistry()
+    stop = asyncio.Event()
+    async with open_modbus_tcp_bus(config, [device("m1", 1), device("m2", 2)], clock) as lan:
+        sink = Sink(buffer, health, clock)
+        tasks = [
+            asyncio.create_task(DevicePoller(d, 1.0, sink, clock, stop).run()) for d in lan.devices
+        ]
+        try:
+            await clock.settle(sleepers=2)
+            await clock.advance_to(10_059.5, sleepers=2)
+            dead_requests = meters.requests_received(2)
+            skipped = lan.slaves[2].skipped_polls
+            meters.set_faults(2, None)
+            await clock.advance_to(10_079.5, sleepers=2)
+        finally:
+            stop.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await buffer.close()
+        counts = lan.line_counts()
+    m1, m2 = health.devices["m1"], health.devices["m2"]
+    # Slots at 10 001 .. 10 079: 59 while unit 2 was silent, 20 after.
+    assert (m1.polls_ok, m1.polls_failed, m1.cycles_skipped) == (79, 0, 0)
+    # Backoff windows of 0.5-1, 1-2, 2-4, then 4-8 s: at most 3 + 56 / 4 probes in 59 s, the
+    # first one retried; every other slot failed at once without touching the line.
+    attempts = dead_requests - 1
+    assert attempts <= 3 + 56 // 4 + 1
+    assert skipped == 59 - attempts
+    # Back: polled on its next slot after the window, one request a poll, no catch-up burst.
+    assert m2.up is True
+    assert m2.polls_ok >= 20 - 8
+    assert meters.requests_received(2) - dead_requests == m2.polls_ok
+    assert counts.slaves[2].breaker == "closed"
+    assert counts.slaves[2].timeouts == dead_requests

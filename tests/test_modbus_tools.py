@@ -51,6 +51,10 @@ def test_probe_shows_every_type_and_byte_order():
     rows = probe_rows([0x0000, 0x4120], 0)
     assert rows[1][rows[0].index("f32 CDAB")] == "10"
     assert rows[1][rows[0].index("i16")] == "0"
+    assert [row[rows[0].index("ascii")] for row in probe_rows([0x5344, 0x4D00], 0)[1:]] == [
+        "SD",
+        "M.",
+    ]
 
 
 def test_templates_list_and_show():

@@ -31,6 +31,9 @@ class FakeClock:
     def monotonic(self) -> float:
         return self.now
 
+    def synchronised(self) -> bool:
+        return True
+
     async def sleep(self, seconds: float) -> None:
         self.sleeps += 1
         self.now += seconds

@@ -14,7 +14,6 @@ import contextlib
 import math
 import random
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -29,7 +28,7 @@ from fieldgate_sim.modbus_server import RunningServer, Sdm630Meter, start_in_thr
 from fieldgate_sim.mosquitto import MosquittoBroker
 from fieldgate_sim.processes import terminate
 
-from tests.harness import GatewayProcess, gateway_yaml, reading_seqs, start_gateway
+from tests.harness import GatewayProcess, gateway_yaml, nothing_lost, start_gateway
 
 #: The gateway's own stop bound in these trials (``gateway.stop_timeout``).
 STOP_BOUND = 3.0
@@ -115,37 +114,12 @@ def meter_devices(count: int, interval: str) -> str:
     )
 
 
-def buffered(path: Path) -> tuple[set[int], int]:
-    """The sequence numbers waiting in a buffer file, and the newest ever given; checks the
-    file's integrity on the way."""
-    if not path.exists():
-        return set(), 0
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        waiting = {row[0] for row in db.execute("SELECT seq FROM readings")}
-        newest = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()
-    return waiting, int(newest[0]) if newest else 0
-
-
 def stop_in_bound(gateway: GatewayProcess) -> None:
     assert gateway.process is not None
     code = terminate(gateway.process, PROCESS_END_WAIT)
     log = gateway.this_run_log()
     assert code == 0, f"exit code {code}\n{log}"
     assert "Traceback" not in log, log
-
-
-def nothing_lost(buffer_path: Path, fleet: FleetSubscriber | None) -> None:
-    """Every reading the gateway numbered is still in the buffer or at the fleet (a row leaves
-    the buffer only after the broker acknowledged it)."""
-    waiting, newest = buffered(buffer_path)
-    left = set(range(1, newest + 1)) - waiting
-    if fleet is None:
-        assert not left, "rows left the buffer with no broker to take them"
-        return
-    assert fleet.wait_for(lambda f: left <= set(reading_seqs(f.readings())), timeout=30), sorted(
-        left - set(reading_seqs(fleet.readings()))
-    )[:20]
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from fieldgate_sim.mosquitto import MosquittoBroker
 from gateway.clock import Clock, SystemClock, epoch_ms
 from gateway.config.fields import parse_duration
 from gateway.config.loader import parse_config
+from gateway.config.model import GatewaySection
 from gateway.readings import PointValue, Reading
 from gateway.service import run_gateway
 from gateway.shutdown import ShutdownRequest
@@ -81,8 +82,9 @@ def test_the_watchdog_is_on_and_the_stop_bound_fits_inside_systemds():
     settings = unit_settings()
     assert settings["WatchdogSec"] == ["60s"]
     assert settings["NotifyAccess"] == ["main"]
-    # gateway.stop_timeout defaults to 10 s: systemd's SIGKILL must come later.
-    assert parse_duration(settings["TimeoutStopSec"][0]) > 10.0
+    # gateway.stop_timeout defaults to 5 s: systemd's SIGKILL must come later.
+    default = GatewaySection(id="x").stop_timeout
+    assert parse_duration(settings["TimeoutStopSec"][0]) > default
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")

@@ -5,38 +5,30 @@ simulated meter holds, point by point."""
 
 from __future__ import annotations
 
-import struct
-from typing import Any
+import asyncio
+import re
+import signal
+import sys
 
 import pytest
-from fieldgate_sim.modbus_server import RegisterBank, start_in_thread
+from fieldgate_sim.modbus_server import start_in_thread
+from fieldgate_sim.serial_line import start_serial_line_in_thread
+from fieldgate_sim.template_meter import TemplateMeter
 from pydantic import ValidationError
 
-from drivers.modbus.config import (
-    REGISTER_COUNT,
-    ModbusDevice,
-    ModbusPoint,
-    ModbusTcpBus,
-    RegisterType,
-    ValueType,
-    WordOrder,
-)
+from drivers.modbus.config import ModbusDevice, ModbusTcpBus, RegisterType, ValueType
 from drivers.modbus.plan import plan_requests
 from drivers.modbus.tcp import open_modbus_tcp_bus
 from drivers.modbus.templates import TEMPLATE_DIR, load_templates
 from gateway.clock import SystemClock
+from gateway.errors import DeviceTimeout
+from gateway.readings import Quality
+from tests.harness import REPO, run_fieldgate
 
 TEMPLATES = sorted(load_templates())
-FORMATS = {
-    ValueType.U16: ">H",
-    ValueType.I16: ">h",
-    ValueType.U32: ">I",
-    ValueType.I32: ">i",
-    ValueType.U64: ">Q",
-    ValueType.I64: ">q",
-    ValueType.F32: ">f",
-    ValueType.F64: ">d",
-}
+#: What a meter's registers hold (bool is for coils and discrete inputs, which meters rarely
+#: map): numbers of every width, text, enumerated states.
+REGISTER_TYPES = set(ValueType) - {ValueType.BOOL}
 
 
 def test_at_least_twelve_templates_one_file_each():
@@ -51,7 +43,7 @@ def test_template_is_sound(name: str):
     assert template.datasheet.revision
     used: set[tuple[RegisterType, int]] = set()
     for point in template.points:
-        assert point.type in FORMATS, point
+        assert point.type in REGISTER_TYPES, point
         span = {
             (point.register_type, a)
             for a in range(point.address, point.address + point.register_count)
@@ -63,58 +55,37 @@ def test_template_is_sound(name: str):
         assert request.count <= template.max_block
 
 
-def value_for(point: ModbusPoint, index: int) -> int | float:
-    """A distinct raw value that fits the point's type."""
-    if point.type is ValueType.F32:
-        value: float = struct.unpack(">f", struct.pack(">f", 100.0 + index * 1.25))[0]
-        return value
-    if point.type is ValueType.F64:
-        return 1000.0 + index * 0.5
-    if point.type in {ValueType.I16, ValueType.I32, ValueType.I64}:
-        return -(index + 1) * 7 if index % 2 else (index + 1) * 9
-    return (index + 1) * 11
-
-
-def image_of(points: list[ModbusPoint]) -> tuple[dict[RegisterType, dict[int, int]], list[Any]]:
-    """Register images holding a value for every point, encoded with struct (not the
-    decoder), and the values the meter means."""
-    tables: dict[RegisterType, dict[int, int]] = {RegisterType.HOLDING: {}, RegisterType.INPUT: {}}
-    meant: list[Any] = []
-    for index, point in enumerate(points):
-        raw = value_for(point, index)
-        data = struct.pack(FORMATS[point.type], raw)
-        words = [data[i] << 8 | data[i + 1] for i in range(0, len(data), 2)]
-        if point.word_order is WordOrder.LITTLE:
-            words.reverse()
-        for offset, word in enumerate(words):
-            tables[point.register_type][point.address + offset] = word
-        meant.append(raw * point.scale + point.offset)
-        assert REGISTER_COUNT[point.type] == len(words)
-    return tables, meant
-
-
 @pytest.mark.parametrize("name", TEMPLATES)
 async def test_template_values_read_from_the_simulator_equal_the_simulators(name: str):
-    template = load_templates()[name]
-    tables, meant = image_of(template.points)
-    size = 1 + max(max(t, default=0) for t in tables.values())
-
-    def table(kind: RegisterType) -> list[int]:
-        return [tables[kind].get(a, 0) for a in range(size)]
-
-    bank = RegisterBank(
-        1, holding=table(RegisterType.HOLDING), input=table(RegisterType.INPUT), size=size
-    )
-    with start_in_thread([bank]) as server:
+    # Two units of the same meter behind one gateway, answering after a few milliseconds as
+    # real meters do: each publishes its own values, point by point.
+    meters = [TemplateMeter(unit, name) for unit in (1, 2)]
+    for meter, delay in zip(meters, (0.002, 0.005), strict=True):
+        meter.reply_delay_s = delay
+    with start_in_thread(meters) as server:
         bus = ModbusTcpBus.model_validate(
             {"name": "lan", "type": "modbus_tcp", "host": "127.0.0.1", "port": server.port}
         )
-        device = ModbusDevice.model_validate({"name": "m", "bus": "lan", "template": name})
-        async with open_modbus_tcp_bus(bus, [device], SystemClock()) as lan:
-            reading = await lan.devices[0].read()
-    got = [p.value for p in reading.values]
-    assert got == pytest.approx(meant, rel=1e-12)
-    assert [p.name for p in reading.values] == [p.name for p in template.points]
+        devices = [
+            ModbusDevice.model_validate(
+                {"name": f"m{m.unit_id}", "bus": "lan", "unit_id": m.unit_id, "template": name}
+            )
+            for m in meters
+        ]
+        async with open_modbus_tcp_bus(bus, devices, SystemClock()) as lan:
+            readings = [await device.read() for device in lan.devices]
+    template = load_templates()[name]
+    for meter, reading in zip(meters, readings, strict=True):
+        got = {p.name: p.value for p in reading.values}
+        assert list(got) == [p.name for p in template.points]
+        assert reading.quality is Quality.GOOD
+        for point in template.points:
+            meant = meter.values[point.name]
+            if isinstance(meant, str):
+                assert got[point.name] == meant, point.name
+            else:
+                assert got[point.name] == pytest.approx(meant, rel=1e-9), point.name
+    assert meters[0].values != meters[1].values
 
 
 def test_device_overrides_and_drops_template_points():
@@ -156,3 +127,77 @@ def test_unknown_template_or_drop_is_one_clear_error():
         )
     with pytest.raises(ValidationError, match="needs points, or a template"):
         ModbusDevice.model_validate({"name": "m", "bus": "b"})
+
+
+async def test_simulator_cli_serves_a_template_meter_with_a_reply_delay():
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "fieldgate_sim",
+        "modbus-tcp",
+        "--port",
+        "0",
+        "--unit",
+        "3",
+        "--template",
+        "xylem-magflux",
+        "--reply-delay",
+        "4",
+        stdout=asyncio.subprocess.PIPE,
+        cwd=REPO,
+    )
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+        match = re.fullmatch(r"serving xylem-magflux meter unit 3 on 127\.0\.0\.1:(\d+)\n", line)
+        assert match is not None, line
+        bus = ModbusTcpBus.model_validate(
+            {"name": "lan", "type": "modbus_tcp", "host": "127.0.0.1", "port": int(match[1])}
+        )
+        device = ModbusDevice.model_validate(
+            {"name": "water", "bus": "lan", "unit_id": 3, "template": "xylem-magflux"}
+        )
+        async with open_modbus_tcp_bus(bus, [device], SystemClock()) as lan:
+            reading = await lan.devices[0].read()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+    # The CLI seeds a meter by its port's index and unit id (0 * 256 + 3).
+    meant = TemplateMeter(3, "xylem-magflux", seed=3).values
+    assert {p.name: p.value for p in reading.values} == pytest.approx(meant, rel=1e-9)
+
+
+async def test_a_reply_delay_longer_than_the_timeout_is_a_timeout_and_a_short_one_is_not():
+    meter = TemplateMeter(1, "eastron-sdm120")
+    with start_in_thread([meter]) as server:
+        bus = ModbusTcpBus.model_validate(
+            {
+                "name": "lan",
+                "type": "modbus_tcp",
+                "host": "127.0.0.1",
+                "port": server.port,
+                "timeout": "100ms",
+            }
+        )
+        device = ModbusDevice.model_validate(
+            {"name": "m", "bus": "lan", "template": "eastron-sdm120"}
+        )
+        async with open_modbus_tcp_bus(bus, [device], SystemClock()) as lan:
+            server.set_reply_delay(1, 2.0)
+            with pytest.raises(DeviceTimeout):
+                await lan.devices[0].read()
+        server.set_reply_delay(1, 0.003)
+        async with open_modbus_tcp_bus(bus, [device], SystemClock()) as lan:
+            reading = await lan.devices[0].read()
+    assert reading.values[0].value == pytest.approx(meter.values[reading.values[0].name])
+
+
+def test_scan_identifies_template_meters_by_their_rule():
+    meters = [TemplateMeter(4, "sunspec-inverter-float"), TemplateMeter(5, "aquametro-calec-st")]
+    with start_serial_line_in_thread(meters, baudrate=19200) as line:
+        result = run_fieldgate(
+            "scan", "--serial", line.path, "--baud", "19200", "--units", "4-5", "--timeout", "100ms"
+        )
+    assert result.returncode == 0, result.stderr
+    units = {row.split()[0]: row.split()[-1] for row in result.stdout.splitlines()[2:]}
+    assert units == {"4": "sunspec-inverter-float", "5": "aquametro-calec-st"}

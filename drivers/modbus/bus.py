@@ -29,6 +29,7 @@ from drivers.modbus.pdu import (
 from drivers.modbus.plan import ReadRequest, plan_requests
 from gateway.backoff import Backoff
 from gateway.clock import Clock, epoch_ms
+from gateway.driver import LineCounts, SlaveCounts
 from gateway.errors import DeviceError, DeviceProtocolError, DeviceTimeout
 from gateway.readings import PointValue, Reading, reading_from_values
 
@@ -48,6 +49,8 @@ EXCEPTION_NAMES = {
 _ILLEGAL_ADDRESS = 2
 #: Acknowledge and busy: the device asks to be asked again shortly.
 _ASK_AGAIN = frozenset({5, 6})
+#: Seconds after which points (and gaps) a meter refused are asked for again.
+ASK_REFUSED_AGAIN_AFTER = 3600.0
 _ASK_AGAIN_TRIES = 2
 _ASK_AGAIN_DELAY = 0.05
 _READS = frozenset(
@@ -75,6 +78,7 @@ class SlaveState:
     the line; after the window one request is tried, without retry."""
 
     backoff: Backoff
+    requests: int = 0
     timeouts: int = 0
     skipped_polls: int = 0
     malformed: int = 0
@@ -133,6 +137,34 @@ class ModbusBus:
     ) -> None:
         self.link.close()
 
+    def line_counts(self) -> LineCounts:
+        """The line's counters and each unit's, with its breaker state (the core's health
+        reads them; :class:`gateway.driver.CountingBusDriver`)."""
+        line = self.link.counters
+        now = self._clock.monotonic()
+        slaves = {
+            unit: SlaveCounts(
+                requests=slave.requests,
+                timeouts=slave.timeouts,
+                errors=slave.malformed,
+                skipped_polls=slave.skipped_polls,
+                breaker=_breaker_state(slave, now),
+            )
+            for unit, slave in sorted(self.slaves.items())
+        }
+        return LineCounts(
+            requests=line.transactions,
+            answers=line.answers,
+            timeouts=line.timeouts,
+            crc_errors=line.crc_errors,
+            malformed=line.malformed,
+            late_answers=line.late_answers,
+            exceptions=line.exceptions,
+            connects=line.connects,
+            closed_by_peer=line.closed_by_peer,
+            slaves=slaves,
+        )
+
     def _slave(self, unit: int) -> SlaveState:
         if unit not in self.slaves:
             self.slaves[unit] = SlaveState(Backoff(1.0, 60.0))
@@ -148,7 +180,7 @@ class ModbusBus:
         async with self._lock:
             self._check_breaker(slave, config.unit_id)
             probing = slave.backoff.failures > 0
-            decoded: dict[str, int | float | None] = {}
+            decoded: dict[str, int | float | str | None] = {}
             missing: dict[str, str] = dict(device.refused)
             clean = True
             for request in device.requests:
@@ -182,11 +214,11 @@ class ModbusBus:
         device: ModbusPolledDevice,
         slave: SlaveState,
         request: ReadRequest,
-        decoded: dict[str, int | float | None],
+        decoded: dict[str, int | float | str | None],
         missing: dict[str, str],
     ) -> None:
         """The device refused a block: read its points one by one, remember those it refuses
-        (not asked again; a restart asks again) and keep the rest."""
+        (not asked again for ASK_REFUSED_AGAIN_AFTER) and keep the rest."""
         unit = device.config.unit_id
         answered = False
         for point in request.points:
@@ -242,6 +274,7 @@ class ModbusBus:
         garbled = 0
         while True:
             try:
+                slave.requests += 1
                 return await self.link.transact(unit, pdu)
             except DeviceTimeout as exc:
                 slave.timeouts += 1
@@ -287,12 +320,18 @@ class ModbusBus:
             )
 
 
+def _breaker_state(slave: SlaveState, now: float) -> str:
+    if not slave.backoff.failures:
+        return "closed"
+    return "half_open" if slave.backoff.may_attempt(now) else "open"
+
+
 def describe_request(request: Request) -> str:
     last = request.address + request.count - 1
     return f"{request.function_code.name.lower()} {request.address}..{last}"
 
 
-def _decode_block(request: ReadRequest, data: bytes) -> dict[str, int | float | None]:
+def _decode_block(request: ReadRequest, data: bytes) -> dict[str, int | float | str | None]:
     if request.register_type in {RegisterType.COIL, RegisterType.DISCRETE_INPUT}:
         bits = bits_of(data, request.count)
         return {
@@ -310,6 +349,8 @@ class ModbusPolledDevice:
         self._bus = bus
         self.config = config
         self.refused: dict[str, str] = {}
+        #: When (monotonic) the meter first refused a point since they were last asked again.
+        self._refused_since: float | None = None
         self._gaps_allowed = True
         self._requests = self._plan()
         #: Why each missing value of the last reading is missing (``fieldgate read`` shows it).
@@ -327,10 +368,32 @@ class ModbusPolledDevice:
 
     def refuse(self, point: ModbusPoint, reason: str) -> None:
         self.refused[point.name] = reason
+        if self._refused_since is None:
+            self._refused_since = self._bus.clock.monotonic()
         self._requests = self._plan()
 
     def forbid_gaps(self) -> None:
         self._gaps_allowed = False
+        if self._refused_since is None:
+            self._refused_since = self._bus.clock.monotonic()
+        self._requests = self._plan()
+
+    def _ask_refused_again_if_due(self) -> None:
+        """After ``ASK_REFUSED_AGAIN_AFTER`` a meter's refusals are forgotten and the original
+        plan is tried again: a meter reconfigured or updated may answer them now (if not, they
+        are split off again, at the cost of a few requests once per window)."""
+        since = self._refused_since
+        if since is None or self._bus.clock.monotonic() - since < ASK_REFUSED_AGAIN_AFTER:
+            return
+        log.info(
+            "%s: asking again for what unit %d refused (%s)",
+            self.config.name,
+            self.config.unit_id,
+            ", ".join(sorted(self.refused)) or "a gap between points",
+        )
+        self.refused.clear()
+        self._gaps_allowed = True
+        self._refused_since = None
         self._requests = self._plan()
 
     @property
@@ -342,6 +405,7 @@ class ModbusPolledDevice:
         return self._requests
 
     async def read(self) -> Reading:
+        self._ask_refused_again_if_due()
         values, self.last_missing = await self._bus.read_points(self)
         # When the last answer arrived: no value of the reading is newer than its time.
         return reading_from_values(self.config.name, epoch_ms(self._bus.clock), tuple(values))

@@ -44,6 +44,10 @@ class ValueType(StrEnum):
     F64 = "f64"
     #: One coil or discrete input (1 or 0).
     BOOL = "bool"
+    #: ASCII text in ``length`` registers, two characters each.
+    STRING = "string"
+    #: A u16 (``length: 1``, the default) or u32 (``length: 2``) mapped to a label by ``values``.
+    ENUM = "enum"
 
 
 class WordOrder(StrEnum):
@@ -76,6 +80,9 @@ REGISTER_COUNT: dict[ValueType, int] = {
 
 #: The largest register count one read request may ask for (Modbus application protocol, 6.3).
 MAX_REGISTERS_PER_READ = 125
+
+#: Types whose register count is the point's ``length``, not fixed by the type.
+_SIZED_TYPES = frozenset({ValueType.STRING, ValueType.ENUM})
 
 
 class ModbusPoint(StrictModel):
@@ -112,10 +119,29 @@ class ModbusPoint(StrictModel):
     unit: str | None = Field(
         default=None, max_length=32, description="Engineering unit, e.g. V, kWh"
     )
+    length: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_REGISTERS_PER_READ,
+        description=(
+            "Registers the value spans: for a string (two ASCII characters each; required), "
+            "for an enum 1 (a u16, the default) or 2 (a u32)"
+        ),
+    )
+    values: dict[int, str] | None = Field(
+        default=None,
+        json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}},
+        description=(
+            "For an enum (required): raw value -> label; a raw value not listed is published "
+            'as its number written as text ("7")'
+        ),
+    )
 
     @property
     def register_count(self) -> int:
         """Registers (or, in a bit table, bits) the point spans."""
+        if self.type in _SIZED_TYPES:
+            return self.length or 1
         return REGISTER_COUNT[self.type]
 
     @model_validator(mode="after")
@@ -130,11 +156,32 @@ class ModbusPoint(StrictModel):
             )
         if self.bit is not None and self.type is not ValueType.U16:
             raise ValueError("bit: N is allowed only with type u16")
+        self._text_types_sound()
         if self.address + self.register_count > 65536:
             raise ValueError(
                 f"a {self.type} at address {self.address} runs past the last register (65535)"
             )
         return self
+
+    def _text_types_sound(self) -> None:
+        if self.type not in _SIZED_TYPES:
+            if self.length is not None:
+                raise ValueError("length: N is allowed only with type string or enum")
+            if self.values is not None:
+                raise ValueError("values: is allowed only with type enum")
+            return
+        if self.scale != 1.0 or self.offset != 0.0:
+            raise ValueError(f"a {self.type} point takes no scale or offset")
+        if self.type is ValueType.STRING:
+            if self.length is None:
+                raise ValueError("a string point needs length: N (registers, two characters each)")
+            if self.values is not None:
+                raise ValueError("values: is allowed only with type enum")
+            return
+        if self.length not in {None, 1, 2}:
+            raise ValueError("an enum is a u16 (length: 1, the default) or a u32 (length: 2)")
+        if not self.values:
+            raise ValueError("an enum point needs values: {raw value: label, ...}")
 
 
 class ModbusDevice(DeviceBase):

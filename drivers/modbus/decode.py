@@ -1,4 +1,4 @@
-"""Registers -> numbers. Pure: no I/O, no pymodbus, so it can be tested exhaustively.
+"""Registers -> numbers and text. Pure: no I/O, no pymodbus, so it can be tested exhaustively.
 
 Values carry the precision the meter has, not binary noise: a float32 becomes the shortest
 decimal that turns back into the same float32 (229.01, not 229.00999450683594), and a scaled
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 
 from drivers.modbus.config import REGISTER_COUNT, ByteOrder, ModbusPoint, ValueType, WordOrder
@@ -39,9 +39,9 @@ def decode_registers(
     register comes first (big) or last (little). A float32 is returned as the shortest decimal
     that round-trips it.
     """
+    if value_type not in _STRUCT_FORMAT:
+        raise ValueError(f"{value_type} values are not numbers of a fixed register count")
     count = REGISTER_COUNT[value_type]
-    if value_type is ValueType.BOOL:
-        raise ValueError("bool values come from bit tables, not registers")
     if len(registers) != count:
         raise ValueError(f"{value_type} needs {count} registers, got {len(registers)}")
     ordered = registers if word_order is WordOrder.BIG else list(reversed(registers))
@@ -95,10 +95,44 @@ def scale_value(raw: int | float, scale: float, offset: float) -> int | float:
     return round(value, places)
 
 
-def decode_point(point: ModbusPoint, words: Sequence[int] | Sequence[bool]) -> int | float:
+def decode_string(
+    registers: Sequence[int],
+    word_order: WordOrder = WordOrder.BIG,
+    byte_order: ByteOrder = ByteOrder.BIG,
+) -> str:
+    """ASCII text, two characters a register (the first in the high byte unless ``byte_order``
+    is little). The text ends at the first NUL; trailing spaces (the usual padding) are
+    stripped; a byte that is not ASCII becomes U+FFFD, never an error."""
+    ordered = registers if word_order is WordOrder.BIG else list(reversed(registers))
+    raw = b"".join(
+        register.to_bytes(2, "big" if byte_order is ByteOrder.BIG else "little")
+        for register in ordered
+    )
+    return raw.split(b"\0", 1)[0].decode("ascii", errors="replace").rstrip(" ")
+
+
+def enum_label(raw: int, labels: Mapping[int, str]) -> str:
+    """The label of ``raw``; a value the table does not list is published as its number in
+    text, so a new state of the meter is still seen (and the value stays a string)."""
+    return labels.get(raw, str(raw))
+
+
+def decode_point(point: ModbusPoint, words: Sequence[int] | Sequence[bool]) -> int | float | str:
     """The published value of ``point`` from the registers (or bits) starting at its address."""
     if point.type is ValueType.BOOL:
         return int(bool(words[0]))
+    if point.type is ValueType.STRING:
+        registers = [int(w) for w in words[: point.register_count]]
+        return decode_string(registers, point.word_order, point.byte_order)
+    if point.type is ValueType.ENUM:
+        as_type = ValueType.U16 if point.register_count == 1 else ValueType.U32
+        number = decode_registers(
+            [int(w) for w in words[: point.register_count]],
+            as_type,
+            point.word_order,
+            point.byte_order,
+        )
+        return enum_label(int(number), point.values or {})
     raw = decode_registers(
         [int(w) for w in words[: point.register_count]],
         point.type,

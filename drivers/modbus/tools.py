@@ -225,13 +225,14 @@ _ORDERS = {
 
 def probe_rows(registers: Sequence[int], first: int) -> list[tuple[str, ...]]:
     """Each register address with the value starting there, in every type and byte order."""
-    header: tuple[str, ...] = ("addr", "hex", "u16", "i16")
+    header: tuple[str, ...] = ("addr", "hex", "ascii", "u16", "i16")
     header += tuple(f"{t} {o}" for t in ("u32", "i32", "f32") for o in _ORDERS)
     rows: list[tuple[str, ...]] = [header]
     for offset, word in enumerate(registers):
         row = [
             str(first + offset),
             f"{word:04x}",
+            _ascii(word),
             str(word),
             str(struct.unpack(">h", struct.pack(">H", word))[0]),
         ]
@@ -244,6 +245,12 @@ def probe_rows(registers: Sequence[int], first: int) -> list[tuple[str, ...]]:
                 row.append(_render(_reorder(pair, swap_words, swap_bytes), value_type))
         rows.append(tuple(row))
     return rows
+
+
+def _ascii(word: int) -> str:
+    """The register's two bytes as text (as a string point reads them), '.' where a byte is
+    not printable ASCII."""
+    return "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in word.to_bytes(2, "big"))
 
 
 def _reorder(words: Sequence[int], swap_words: bool, swap_bytes: bool) -> list[int]:

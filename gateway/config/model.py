@@ -36,7 +36,7 @@ from gateway.config.fields import (
 class GatewaySection(StrictModel):
     id: Name = Field(description="This gateway's id: unique in the fleet, a level of every topic")
     stop_timeout: Annotated[Duration, DurationBounds(at_most=3600.0)] = Field(
-        default=10.0,
+        default=5.0,
         description=(
             "On SIGTERM, the gateway ends within this long, everything stored kept; keep it "
             "shorter than systemd's TimeoutStopSec"

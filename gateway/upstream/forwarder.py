@@ -14,8 +14,10 @@ Gateway events (drops, the buffer failing) go before either.
 
 Nothing that goes wrong here ends the task, only cancellation does: the broker's failures are
 reported through the uplink's health, the buffer's through the buffer's health (a full or
-read-only disk, a locked file, a row that no longer decodes), both once per outage, and are
-retried with backoff, as the pollers retry their devices.
+read-only disk, a locked file), both once per outage, and are retried with backoff, as the
+pollers retry their devices. A row that no longer decodes is quarantined by the buffer as it is
+read (moved aside, with a ``quarantined`` event for the fleet) and reported once as an incident
+of the buffer's health: it never holds up the rows behind it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from gateway.config.model import MqttConfig
 from gateway.errors import StorageError, UplinkError
 from gateway.events import BufferedEvent
 from gateway.health import PartHealth
+from gateway.readings import BufferedReading
 from gateway.upstream.dialect import Dialect
 from gateway.upstream.messages import OutgoingMessage
 from gateway.upstream.security import password_source, tls_settings
@@ -214,7 +217,7 @@ class Forwarder:
                 if isinstance(sent, BufferedEvent) and sent.event_id is None
             )
 
-    async def _pump(  # noqa: PLR0912 - one loop: acks, events, live, backlog, deletes, wait
+    async def _pump(  # noqa: PLR0912, PLR0915 - one loop: acks, events, live, backlog, deletes, wait
         self, session: MqttSession, inflight: dict[int, int | BufferedEvent]
     ) -> None:
         # Before anything that needs the file: a buffer that cannot even open has its
@@ -228,7 +231,13 @@ class Forwarder:
         events_after = 0
         look_for_events = True
         pace = Pace(self._replay_rate, self._config.max_inflight, self._clock.monotonic())
+        released = self._buffer.released
         while True:
+            if self._buffer.released != released:
+                # Readings held until the clock synchronised were restamped behind both
+                # cursors: read again from the start as backlog, skipping what is on its way.
+                released = self._buffer.released
+                backlog_after, backlog_through = 0, max(backlog_through, live_after)
             # Acknowledgements first: each one is room for another message.
             self._collect_acks(session, inflight)
             room = self._config.max_inflight - len(inflight)
@@ -245,7 +254,7 @@ class Forwarder:
                 room -= len(events)
                 sent += len(events)
             if room > 0:
-                live = await self._storage("read", partial(self._buffer.oldest, live_after, room))
+                live = await self._oldest(live_after, room)
                 for buffered in live:
                     message = self._dialect.reading(buffered)
                     inflight[self._publish(session, message)] = buffered.seq
@@ -255,17 +264,16 @@ class Forwarder:
             if room > 0 and backlog_after < backlog_through:
                 allowed = pace.take(room, self._clock.monotonic())
                 backlog = (
-                    await self._storage(
-                        "read",
-                        partial(self._buffer.oldest, backlog_after, allowed, backlog_through),
-                    )
-                    if allowed
-                    else []
+                    await self._oldest(backlog_after, allowed, backlog_through) if allowed else []
                 )
+                on_the_way = {seq for seq in inflight.values() if isinstance(seq, int)}
+                on_the_way.update(self._acked)
                 for buffered in backlog:
+                    backlog_after = buffered.seq
+                    if buffered.seq in on_the_way:
+                        continue  # read again after a restamp; already sent
                     message = self._dialect.reading(buffered, historical=True)
                     inflight[self._publish(session, message)] = buffered.seq
-                    backlog_after = buffered.seq
                 if allowed and len(backlog) < allowed:
                     backlog_after = backlog_through  # the rest of the backlog is gone (limits)
                 sent += len(backlog)
@@ -282,6 +290,20 @@ class Forwarder:
                 wait = min(_IDLE_WAIT, pace.wait()) if paced else _IDLE_WAIT
                 await self._buffer.wait_appended(timeout=wait)
             session.raise_if_lost()
+
+    async def _oldest(
+        self, after_seq: int, limit: int, through_seq: int | None = None
+    ) -> list[BufferedReading]:
+        rows = await self._storage(
+            "read", partial(self._buffer.oldest, after_seq, limit, through_seq)
+        )
+        # Rows that no longer decode were quarantined on the way: reported here, once each.
+        for event in self._buffer.take_quarantined():
+            self._buffer_health.incident(
+                f"buffered reading seq {event.seq_first} was quarantined ({event.detail}); "
+                "a 'quarantined' event tells the fleet, delivery goes on behind it"
+            )
+        return rows
 
     @staticmethod
     def _publish(session: MqttSession, message: OutgoingMessage) -> int:

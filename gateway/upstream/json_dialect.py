@@ -68,6 +68,10 @@ class JsonDialect:
         if historical:
             # Only when true: a live reading's bytes stay what they were before replay existed.
             message["historical"] = True
+        if reading.unsynchronised is not None:
+            # Taken before the clock synchronised, on a boot that ended before it did: ts is
+            # the clock's guess then, which nothing can correct now.
+            message["time"] = "unsynchronised"
         # Compact, and strict: JSON has no NaN (reading_from_values already made those null).
         payload = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
         return OutgoingMessage(self.reading_topic(reading.device), payload)

@@ -10,6 +10,9 @@ server gets a free port from the kernel).
 
 serve the meters on a simulated RS-485 line (a pseudo-terminal whose relay holds each byte for
 its wire time; the port to open is printed) or as RTU frames over TCP (a serial device server).
+`--template NAME` serves meters built from one of fieldgate's meter templates instead (plausible
+values for every point; `fieldgate templates list` names them), and `--reply-delay MS` makes every
+unit answer that many milliseconds after a request, as real meters do.
 `--fault UNIT:KIND[=VALUE]` gives a unit a fault: silent, slow=SECONDS, busy, refuse=START-END
 (holding and input), crc=RATE, wrong-fc, truncate, tid0, garbage, disconnect.
 
@@ -26,8 +29,9 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from fieldgate_sim.modbus_server import Faults, MeterServer, Sdm630Meter
+from fieldgate_sim.modbus_server import Faults, MeterServer, Sdm630Meter, SimulatedDevice
 from fieldgate_sim.serial_line import SerialLine
+from fieldgate_sim.template_meter import TemplateMeter, template_names
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="number of servers, on ports PORT..PORT+N-1 (default: %(default)s)",
     )
+    _meter_options(tcp)
     for name, text in (
         ("modbus-rtu", "serve simulated SDM630 meters on a simulated RS-485 line (a pty)"),
         ("modbus-rtu-tcp", "serve simulated SDM630 meters as RTU frames over TCP"),
@@ -83,7 +88,35 @@ def _parser() -> argparse.ArgumentParser:
         else:
             rtu.add_argument("--host", default="127.0.0.1")
             rtu.add_argument("--port", type=int, default=4001)
+        _meter_options(rtu)
     return parser
+
+
+def _meter_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--template",
+        metavar="NAME",
+        help="serve meters built from this fieldgate template (default: SDM630 model)",
+    )
+    parser.add_argument(
+        "--reply-delay",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="milliseconds every unit takes to answer (default: 0)",
+    )
+
+
+def _meter(args: argparse.Namespace, unit: int, seed: int | None = None) -> SimulatedDevice:
+    meter: SimulatedDevice = (
+        TemplateMeter(unit, args.template, seed) if args.template else Sdm630Meter(unit, seed=seed)
+    )
+    meter.reply_delay_s = args.reply_delay / 1000
+    return meter
+
+
+def _what(args: argparse.Namespace) -> str:
+    return f"{args.template} meter" if args.template else "SDM630"
 
 
 def parse_fault(text: str) -> tuple[int, Faults]:
@@ -125,7 +158,7 @@ async def _serve_rtu(args: argparse.Namespace, units: list[int]) -> int:
     stop = asyncio.Event()
     for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
-    meters = [Sdm630Meter(unit) for unit in units]
+    meters = [_meter(args, unit) for unit in units]
     line = (
         SerialLine(meters, args.baud, args.bits_per_char) if args.command == "modbus-rtu" else None
     )
@@ -139,7 +172,7 @@ async def _serve_rtu(args: argparse.Namespace, units: list[int]) -> int:
             where = f"RTU over TCP on {server.host}:{server.port}"
         for fault in args.fault:
             server.set_faults(*parse_fault(fault))
-        print(f"serving SDM630 units {', '.join(map(str, units))} on {where}", flush=True)
+        print(f"serving {_what(args)} units {', '.join(map(str, units))} on {where}", flush=True)
         await stop.wait()
     except (OSError, ValueError) as exc:
         print(f"fieldgate-sim: {exc}", file=sys.stderr, flush=True)
@@ -167,7 +200,15 @@ def _check_modbus_tcp(parser: argparse.ArgumentParser, args: argparse.Namespace)
     return units
 
 
-async def _serve_modbus_tcp(host: str, port: int, units: list[int], meters: int) -> int:
+def _check_meter_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.template and args.template not in template_names():
+        parser.error(f"--template {args.template}: not known; known: {', '.join(template_names())}")
+    if not 0 <= args.reply_delay <= 60000:
+        parser.error("--reply-delay: 0..60000 ms")
+
+
+async def _serve_modbus_tcp(args: argparse.Namespace, units: list[int]) -> int:
+    host, port, meters = args.host, args.port, args.meters
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     # Installed before binding, so a signal that arrives during start-up still ends cleanly.
@@ -176,7 +217,7 @@ async def _serve_modbus_tcp(host: str, port: int, units: list[int], meters: int)
     servers = [
         MeterServer(
             # Distinct seeds, so that the meters behind different ports do not read alike.
-            [Sdm630Meter(unit, seed=index * 256 + unit) for unit in units],
+            [_meter(args, unit, seed=index * 256 + unit) for unit in units],
             host,
             0 if port == 0 else port + index,
         )
@@ -187,7 +228,7 @@ async def _serve_modbus_tcp(host: str, port: int, units: list[int], meters: int)
     try:
         for server in servers:
             await server.start()
-            print(f"serving SDM630 {label} {ids} on {server.host}:{server.port}", flush=True)
+            print(f"serving {_what(args)} {label} {ids} on {server.host}:{server.port}", flush=True)
         await stop.wait()
     except OSError as exc:
         print(f"fieldgate-sim: {exc}", file=sys.stderr, flush=True)
@@ -207,9 +248,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    _check_meter_options(parser, args)
     if args.command == "modbus-tcp":
         units = _check_modbus_tcp(parser, args)
-        return asyncio.run(_serve_modbus_tcp(args.host, args.port, units, args.meters))
+        return asyncio.run(_serve_modbus_tcp(args, units))
     if args.command in {"modbus-rtu", "modbus-rtu-tcp"}:
         for fault in args.fault:
             try:

@@ -163,6 +163,9 @@ class SimulatedDevice(ABC):
         if not 1 <= unit_id <= 255:
             raise ValueError(f"unit_id must be within 1..255, got {unit_id}")
         self.unit_id = unit_id
+        #: Seconds between a request and its answer: a real meter takes a few milliseconds
+        #: (`MeterServer.set_reply_delay`). Unlike `Faults.delay_s` it is no fault.
+        self.reply_delay_s = 0.0
 
     @abstractmethod
     def initial_registers(self) -> tuple[list[int], list[int]]:
@@ -532,7 +535,19 @@ class MeterServer:
             data = self._faulty(connection, unit_id, faults, data, code_at)
         elif data[code_at] in _READ_FUNCTION_CODES:
             self._requests_served += 1
+        delay = self._devices[unit_id].reply_delay_s
+        if data and delay > 0:
+            asyncio.get_running_loop().call_later(delay, self._send_late, connection, data)
+            return b""
         return data
+
+    def set_reply_delay(self, unit_id: int, seconds: float) -> None:
+        """Answer ``unit_id``'s requests ``seconds`` after they arrive, as a real meter does
+        (a few milliseconds). Call from the server's event loop."""
+        self._check_unit(unit_id)
+        if not 0 <= seconds <= 60:
+            raise ValueError(f"a reply delay is 0..60 s, got {seconds}")
+        self._devices[unit_id].reply_delay_s = seconds
 
     def _faulty(
         self,
@@ -680,6 +695,14 @@ class RunningServer:
 
         async def apply() -> None:
             self._server.set_faults(unit_id, faults)
+
+        self._loop_thread.run(apply())
+
+    def set_reply_delay(self, unit_id: int, seconds: float) -> None:
+        """Answer `unit_id` after `seconds`; takes effect before this returns."""
+
+        async def apply() -> None:
+            self._server.set_reply_delay(unit_id, seconds)
 
         self._loop_thread.run(apply())
 

@@ -61,6 +61,9 @@ class MosquittoBroker:
     With ``users`` (name -> password) only those users may connect (``allow_anonymous false``).
     With ``tls`` the listener speaks TLS only, with that certificate, and asks clients for
     certificates of that CA when ``tls.require_certificate``.
+    With ``persistence`` False (or the attribute set so before a ``start()``) the broker keeps
+    nothing across a restart: sessions, subscriptions and queued messages are gone, as on a
+    broker configured without persistence.
     """
 
     def __init__(
@@ -68,8 +71,11 @@ class MosquittoBroker:
         port: int | None = None,
         users: Mapping[str, str] | None = None,
         tls: BrokerTls | None = None,
+        *,
+        persistence: bool = True,
     ) -> None:
         self.host = "127.0.0.1"
+        self.persistence = persistence
         self._tls = tls
         self.port = port or free_port()
         self._users = dict(users or {})
@@ -83,8 +89,9 @@ class MosquittoBroker:
     def start(self, timeout: float = 5.0) -> None:
         config = self._dir / "mosquitto.conf"
         settings = (
-            # Persistence, so that a stop/start outage keeps subscribers' sessions and queues.
-            "persistence true\n"
+            # Persistence (by default), so that a stop/start outage keeps subscribers' sessions
+            # and queues.
+            f"persistence {'true' if self.persistence else 'false'}\n"
             f"persistence_location {self._dir}/\n"
             "log_dest stdout\n"
             # The default per-client queue (1000) drops QoS 1 messages in bulk tests.
