@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from fieldgate_sim.fleet import FleetSubscriber
@@ -169,3 +170,22 @@ def nothing_lost(buffer_path: Path, fleet: FleetSubscriber | None) -> None:
     assert fleet.wait_for(lambda f: left <= set(reading_seqs(f.readings())), timeout=30), sorted(
         left - set(reading_seqs(fleet.readings()))
     )[:20]
+
+
+@contextlib.contextmanager
+def held_write_lock(path: Path) -> Iterator[Callable[[], None]]:
+    """Another connection holding the buffer's write lock (BEGIN IMMEDIATE): every write of
+    the buffer waits for its busy timeout and fails with "database is locked". Gives the
+    function that releases it early."""
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+
+    def release() -> None:
+        if locker.in_transaction:
+            locker.execute("ROLLBACK")
+
+    try:
+        yield release
+    finally:
+        release()
+        locker.close()

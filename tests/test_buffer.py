@@ -21,6 +21,7 @@ from gateway.events import DeviceDrops, DropReason, EventKind
 from gateway.health import PartHealth
 from gateway.readings import PointValue, Quality, Reading
 from gateway.upstream.forwarder import Pace
+from tests.harness import held_write_lock
 
 
 def reading(device: str, at_ms: int, value: float | None = 1.5) -> Reading:
@@ -219,24 +220,6 @@ def test_an_unusable_file_is_moved_aside_and_a_fresh_one_started(
 
 
 # A failing disk: the memory queue.
-
-
-@contextlib.contextmanager
-def held_write_lock(path: Path) -> Iterator[Callable[[], None]]:
-    """Another process's connection holding the write lock: every write of the buffer waits
-    for its busy timeout and fails with "database is locked"."""
-    locker = sqlite3.connect(path, isolation_level=None)
-    locker.execute("BEGIN IMMEDIATE")
-
-    def release() -> None:
-        if locker.in_transaction:
-            locker.execute("ROLLBACK")
-
-    try:
-        yield release
-    finally:
-        release()
-        locker.close()
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 60.0) -> None:

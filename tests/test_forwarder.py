@@ -10,7 +10,7 @@ import json
 import logging
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,7 @@ from gateway.health import PartHealth
 from gateway.readings import PointValue, Quality, Reading
 from gateway.upstream.forwarder import Forwarder
 from gateway.upstream.json_dialect import JsonDialect
-from tests.harness import run_fieldgate
+from tests.harness import held_write_lock, run_fieldgate
 
 #: Liveness bound for waits; generous, never a claim about speed.
 PATIENCE = 60.0
@@ -150,25 +150,6 @@ async def test_delivers_in_order_and_deletes_only_after_puback(
     }
     assert records(caplog, "unavailable") == 1
     assert records(caplog, "reachable again") == 1
-
-
-@contextlib.contextmanager
-def held_write_lock(path: Path) -> Iterator[Callable[[], None]]:
-    """Another connection holding the buffer's write lock (BEGIN IMMEDIATE): every write of
-    the buffer waits for its busy timeout and fails with "database is locked". Gives the
-    function that releases it early."""
-    locker = sqlite3.connect(path, isolation_level=None)
-    locker.execute("BEGIN IMMEDIATE")
-
-    def release() -> None:
-        if locker.in_transaction:
-            locker.execute("ROLLBACK")
-
-    try:
-        yield release
-    finally:
-        release()
-        locker.close()
 
 
 async def test_locked_buffer_is_reported_once_and_nothing_is_lost(
