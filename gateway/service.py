@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from drivers.catalog import bus_driver_factory
 from gateway.backoff import Backoff
@@ -23,7 +24,7 @@ from gateway.buffer import Buffer
 from gateway.clock import Clock, SystemClock
 from gateway.config.loader import load_config
 from gateway.config.model import GatewayConfig
-from gateway.driver import BusDriverFactory, PolledDevice, StreamingBusDriver
+from gateway.driver import BusDriver, BusDriverFactory, StreamingBusDriver
 from gateway.errors import ConfigError, StorageError
 from gateway.health import HealthRegistry
 from gateway.metrics import serve_metrics
@@ -228,23 +229,102 @@ async def _open_buses(  # noqa: PLR0917 - one caller, each argument a different 
     stop: asyncio.Event,
     health: HealthRegistry,
 ) -> list[_Part]:
-    devices: dict[str, PolledDevice] = {}
+    """Open every bus and return the parts that poll and stream them. A bus whose driver fails
+    to open (which the driver contract forbids: a bug) costs that bus's devices only: it becomes
+    a part that retries the opening with a backoff and then runs its own pollers."""
     parts: list[_Part] = []
     for bus_config in config.buses:
-        factory = drivers(bus_config.type)
-        bus = await buses.enter_async_context(
-            factory(bus_config, config.devices_on(bus_config.name), clock)
+        bus_parts = _BusParts(bus_config, config.devices_on(bus_config.name), sink, clock, stop)
+        opening = partial(
+            _open_bus, bus_config, config.devices_on(bus_config.name), drivers, buses, clock
         )
-        devices.update((device.name, device) for device in bus.devices)
-        health.watch_bus(bus_config.name, bus)  # line counters, if the driver counts them
-        if isinstance(bus, StreamingBusDriver):
-            parts.append(_Part(f"stream of bus {bus_config.name}", _stream_runner(bus, sink)))
-    for device in config.devices:
-        polled = devices.get(device.name)
-        if polled is not None:
-            poller = DevicePoller(polled, device.interval, sink, clock, stop)
-            parts.append(_Part(f"poller of {device.name}", poller.run))
+        try:
+            bus = await opening()
+        except Exception as exc:  # a driver's bug costs its bus, not the gateway
+            log.exception(
+                "bus %s (%s) could not be opened (a bug in its driver); its devices are "
+                "reported failing and the opening is retried, the other buses go on",
+                bus_config.name,
+                bus_config.type,
+            )
+            bus_parts.unopened(health, exc)
+            parts.append(
+                _Part(f"bus {bus_config.name}", partial(bus_parts.open_then_run, opening, health))
+            )
+        else:
+            parts += bus_parts.of(bus, health)
     return parts
+
+
+async def _open_bus(
+    bus_config: Any,
+    devices: Sequence[Any],
+    drivers: Callable[[str], BusDriverFactory],
+    buses: contextlib.AsyncExitStack,
+    clock: Clock,
+) -> BusDriver:
+    factory = drivers(bus_config.type)
+    return await buses.enter_async_context(factory(bus_config, devices, clock))
+
+
+class _BusParts:
+    """The parts of one open bus: a poller per polled device and the stream of a streaming bus."""
+
+    def __init__(
+        self,
+        bus_config: Any,
+        devices: Sequence[Any],
+        sink: Sink,
+        clock: Clock,
+        stop: asyncio.Event,
+    ) -> None:
+        self._config = bus_config
+        self._devices = devices
+        self._sink = sink
+        self._clock = clock
+        self._stop = stop
+
+    def of(self, bus: BusDriver, health: HealthRegistry) -> list[_Part]:
+        health.watch_bus(self._config.name, bus)  # line counters, if the driver counts them
+        parts: list[_Part] = []
+        if isinstance(bus, StreamingBusDriver):
+            parts.append(
+                _Part(f"stream of bus {self._config.name}", _stream_runner(bus, self._sink))
+            )
+        polled = {device.name: device for device in bus.devices}
+        for device in self._devices:
+            if device.name in polled:
+                poller = DevicePoller(
+                    polled[device.name], device.interval, self._sink, self._clock, self._stop
+                )
+                parts.append(_Part(f"poller of {device.name}", poller.run))
+        return parts
+
+    def unopened(self, health: HealthRegistry, error: Exception) -> None:
+        for device in self._devices:
+            health.device(device.name).failed(
+                f"bus {self._config.name} could not be opened: {type(error).__name__}: {error}"
+            )
+
+    async def open_then_run(
+        self, opening: Callable[[], Awaitable[BusDriver]], health: HealthRegistry
+    ) -> None:
+        """The part of a bus that failed to open: try again after a capped, jittered backoff
+        (each failure at debug: the first was logged with its traceback), then run the bus's
+        own parts until stopped."""
+        backoff = Backoff(base=1.0, cap=60.0)
+        while True:
+            await self._clock.sleep(backoff.failed(self._clock.monotonic()))
+            try:
+                bus = await opening()
+            except Exception as exc:  # noqa: BLE001 - a driver's bug costs its bus
+                log.debug("bus %s failed to open again: %r", self._config.name, exc)
+            else:
+                break
+        log.info("bus %s opened on a retry", self._config.name)
+        async with asyncio.TaskGroup() as group:
+            for part in self.of(bus, health):
+                group.create_task(_keep_running(part, self._stop, self._clock), name=part.name)
 
 
 def _stream_runner(bus: StreamingBusDriver, sink: Sink) -> Callable[[], Awaitable[None]]:

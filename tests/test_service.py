@@ -136,3 +136,85 @@ async def test_streams_and_polls_share_the_sink_and_a_bug_costs_only_its_part(
     assert stream_bug[0].exc_info is not None
     assert len(device_bug) == 1
     assert device_bug[0].exc_info is not None
+
+
+class FailsToOpen(OwnBus):
+    """A bus whose driver raises while opening (a bug: the contract says opening must not fail
+    because a device is down) on its first ``failures`` attempts."""
+
+    attempts = 0
+
+    def __init__(self, devices: Sequence[PolledDevice], failures: int) -> None:
+        super().__init__(devices)
+        self._failures = failures
+
+    async def __aenter__(self) -> FailsToOpen:
+        FailsToOpen.attempts += 1
+        if FailsToOpen.attempts <= self._failures:
+            raise OSError(f"a bug while opening, attempt {FailsToOpen.attempts}")
+        return self
+
+
+async def test_a_bus_that_fails_to_open_costs_its_devices_only_and_is_opened_on_a_retry(
+    broker: MosquittoBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.INFO)
+    health = HealthRegistry()
+    shutdown = ShutdownRequest()
+    FailsToOpen.attempts = 0
+
+    def make_bus(config: Any, devices: Sequence[Any], clock: Clock) -> OwnBus:
+        polled = [Polled(d.name, clock, buggy=False) for d in devices]
+        return FailsToOpen(polled, failures=2) if config.name == "radio" else OwnBus(polled)
+
+    gateway_config = parse_config(
+        f"""\
+gateway: {{id: gw-service, stop_timeout: 5s}}
+mqtt: {{host: 127.0.0.1, port: {broker.port}, reconnect_max: 1s}}
+buffer: {{path: {tmp_path / "b.db"}}}
+buses:
+  - {{name: radio, type: host}}
+  - {{name: box, type: host}}
+devices:
+  - {{name: late, bus: radio, interval: 100ms}}
+  - {{name: steady, bus: box, interval: 100ms}}
+"""
+    )
+    with FleetSubscriber(broker.port) as fleet:
+        run = asyncio.create_task(
+            run_gateway(
+                gateway_config, shutdown, SystemClock(), health, drivers=own_drivers(make_bus)
+            )
+        )
+
+        def arrived(device: str) -> list[dict[str, Any]]:
+            return [r for r in fleet.readings() if r["device"] == device]
+
+        try:
+            async with asyncio.timeout(60):
+                # The other bus polls from the start, while this one is still failing.
+                while not arrived("steady"):
+                    assert not run.done(), "the gateway ended"
+                    await asyncio.sleep(0.05)
+                assert health.devices["late"].up is False
+                assert "could not be opened" in (health.devices["late"].last_error or "")
+                while len(arrived("late")) < 3:
+                    assert not run.done(), "the gateway ended"
+                    await asyncio.sleep(0.05)
+        finally:
+            shutdown.request()
+            async with asyncio.timeout(30):
+                await run
+
+    # Opened on the third attempt; its device recovered; the failure logged once, with the
+    # traceback, and the later failed attempt only at debug.
+    assert FailsToOpen.attempts == 3
+    assert health.devices["late"].up is True
+    opening = [
+        r for r in caplog.records if "bus radio (host) could not be opened" in r.getMessage()
+    ]
+    assert len(opening) == 1
+    assert opening[0].exc_info is not None
+    assert any("bus radio opened on a retry" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if "radio failed unexpectedly" in r.getMessage()]
+    assert health.devices["steady"].polls_failed == 0
