@@ -19,6 +19,7 @@ import contextlib
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -130,6 +131,51 @@ def ingest_per_reading(path: Path, slots: int) -> tuple[float, int, int]:
         return took, slots * DEVICES, write_bytes() - before
     finally:
         store.close()
+
+
+def count_fsyncs(mode: str, slots: int) -> int | None:
+    """fsync and fdatasync calls of one ingest (``grouped`` or ``single``) in a child process
+    under strace, which counts the system calls themselves; None without strace."""
+    strace = shutil.which("strace")
+    if strace is None:
+        return None
+    with workdir() as work:
+        counts = work / "strace.txt"
+        subprocess.run(
+            [
+                strace,
+                "-f",
+                "-qq",
+                "-c",
+                "-e",
+                "trace=fsync,fdatasync",
+                "-o",
+                str(counts),
+                sys.executable,
+                __file__,
+                "--ingest-only",
+                mode,
+                "--slots",
+                str(slots),
+                "--dir",
+                str(work),
+            ],
+            check=True,
+        )
+        calls = 0
+        for line in counts.read_text().splitlines():
+            fields = line.split()
+            if fields and fields[-1] in {"fsync", "fdatasync"}:
+                calls += int(fields[3])
+        return calls
+
+
+def ingest_only(mode: str, slots: int, directory: Path) -> None:
+    """The child of :func:`count_fsyncs`: one ingest, nothing else."""
+    if mode == "grouped":
+        asyncio.run(ingest_grouped(directory / "grouped.db", slots))
+    else:
+        ingest_per_reading(directory / "single.db", slots)
 
 
 def prefill(path: Path, count: int) -> None:
@@ -258,10 +304,15 @@ async def main_async(args: argparse.Namespace) -> None:
             f"(1 reading each),  {written / n:7,.0f} bytes written per reading "
             f"({written / n / size:.1f}x payload)"
         )
-    print(
-        "  (in WAL mode with synchronous=FULL a commit is one fsync of the WAL; "
-        "checkpoints add one of the database file per ~1 MiB of WAL)"
-    )
+    for mode, label in (("grouped", "group commit"), ("single", "one commit each")):
+        fsyncs = count_fsyncs(mode, slots)
+        if fsyncs is None:
+            print("  fsyncs: strace is not installed (apt-get install strace) to count them")
+            break
+        print(
+            f"  {label + ':':19s} {fsyncs:6d} fsyncs for {n} readings "
+            f"({fsyncs / n:.3f} per reading; counted by strace, open and close included)"
+        )
     print(
         f"submit wait: {DEVICES} devices x {slots * 4} slots back to back "
         "(the WAL passes its 1 MiB checkpoint threshold every few dozen groups)"
@@ -286,6 +337,10 @@ async def main_async(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    # The child process that count_fsyncs runs under strace.
+    parser.add_argument("--ingest-only", choices=["grouped", "single"], help=argparse.SUPPRESS)
+    parser.add_argument("--slots", type=int, default=100, help=argparse.SUPPRESS)
+    parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument(
         "--replay-rate",
         type=float,
@@ -293,6 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="backlog pace, msgs/s (0: unlimited); default the config's default",
     )
     args = parser.parse_args(argv)
+    if args.ingest_only is not None:
+        ingest_only(args.ingest_only, args.slots, args.dir)
+        return 0
     if not mosquitto_available():
         print("mosquitto is not installed: apt-get install mosquitto (or `make mosquitto`)")
         return 1

@@ -76,7 +76,9 @@ CREATE TABLE IF NOT EXISTS quarantine (
     quality,
     point_values,
     error TEXT NOT NULL,
-    quarantined_at_ms INTEGER NOT NULL
+    quarantined_at_ms INTEGER NOT NULL,
+    boot_id TEXT,
+    monotonic_ms INTEGER
 );
 CREATE TABLE IF NOT EXISTS dropped (
     device TEXT NOT NULL,
@@ -99,6 +101,12 @@ _WAL_SIZE_LIMIT = 1 << 20
 #: A checkpoint that could not copy everything (a reader of an old snapshot, such as `fieldgate
 #: buffer export`) is tried again once the WAL has grown by this much more, not after every group.
 _WAL_RETRY_GROWTH = _WAL_SIZE_LIMIT // 4
+
+#: Incremental vacuum: free pages given back per step (1 MiB of 4 KiB pages: a few ms of work
+#: in a delete's transaction), and the span of waiting sequence numbers under which the
+#: backlog counts as drained.
+_VACUUM_STEP_PAGES = 256
+_DRAINED_SPAN = 10_000
 
 # SQLite's primary result codes (sqlite3.h) that mean the file itself is bad, not the disk.
 _SQLITE_CORRUPT = 11
@@ -174,6 +182,8 @@ class ReadingStore:
         #: Events committed by this store: the buffer compares it to know when the forwarder
         #: should look (an int, written on the buffer's thread and only read elsewhere).
         self.events_recorded = 0
+        #: Free pages given back to the filesystem by incremental vacuum (tests read it).
+        self.vacuumed_pages = 0
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -198,6 +208,10 @@ class ReadingStore:
                 raise _Damaged(f"{path} cannot be opened: {exc}{_access_hint(path)}") from exc
             raise
         try:
+            # Only takes effect on a new file (before its first table); an older file is
+            # converted once below. INCREMENTAL: the file gives back the space of a drained
+            # backlog in small steps (see _vacuum_step), never in one long VACUUM.
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             db.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed reading survives a power cut, not only a crash of the process.
             db.execute("PRAGMA synchronous=FULL")
@@ -207,6 +221,7 @@ class ReadingStore:
             _quick_check(db)
             db.executescript(_SCHEMA)
             _add_clock_columns(db)
+            _convert_to_incremental_vacuum(db, path)
         except sqlite3.Error as exc:
             db.close()
             if exc.sqlite_errorcode in {_SQLITE_CORRUPT, _SQLITE_NOTADB}:
@@ -363,8 +378,9 @@ class ReadingStore:
         def action(db: sqlite3.Connection) -> None:
             db.execute(
                 "INSERT OR REPLACE INTO quarantine (seq, device, read_at_ms, quality, "
-                "point_values, error, quarantined_at_ms) SELECT seq, device, read_at_ms, "
-                "quality, point_values, ?, ? FROM readings WHERE seq = ?",
+                "point_values, error, quarantined_at_ms, boot_id, monotonic_ms) SELECT seq, "
+                "device, read_at_ms, quality, point_values, ?, ?, boot_id, monotonic_ms "
+                "FROM readings WHERE seq = ?",
                 (error, now_ms, seq),
             )
             db.execute("DELETE FROM readings WHERE seq = ?", (seq,))
@@ -397,10 +413,16 @@ class ReadingStore:
         return int(self._query("SELECT coalesce(max(seq), 0) FROM readings", ())[0][0])
 
     def delete(self, seqs: Iterable[int]) -> None:
-        """Forget readings the broker acknowledged."""
+        """Forget readings the broker acknowledged; once the backlog is drained, give a step of
+        the freed space back to the filesystem in the same transaction."""
         batch = [(seq,) for seq in seqs]
         if batch:
-            self._write(lambda db: db.executemany("DELETE FROM readings WHERE seq = ?", batch))
+
+            def action(db: sqlite3.Connection) -> None:
+                db.executemany("DELETE FROM readings WHERE seq = ?", batch)
+                self.vacuumed_pages += _vacuum_step(db)
+
+            self._write(action)
 
     def events(self, after_id: int, limit: int) -> list[BufferedEvent]:
         rows = self._query(
@@ -509,6 +531,37 @@ class ReadingStore:
             return self._db.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise StorageError(f"buffer {self._path}: {exc}") from exc
+
+
+def _convert_to_incremental_vacuum(db: sqlite3.Connection, path: Path) -> None:
+    """A file made before incremental vacuum (auto_vacuum NONE) is converted by one VACUUM, at
+    start, before any poll waits on it. Without the room for the copy (a nearly full disk) it
+    stays as it is, and is tried again at the next start: it works, it only does not shrink."""
+    if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 0:
+        return
+    try:
+        db.execute("VACUUM")
+    except sqlite3.OperationalError as exc:
+        log.warning("the buffer %s could not be converted to shrink after a backlog: %s", path, exc)
+
+
+def _vacuum_step(db: sqlite3.Connection) -> int:
+    """Inside a delete's transaction: when the backlog is drained (what waits spans fewer than
+    _DRAINED_SPAN sequence numbers) and the file holds a step's worth of free pages, give one
+    step back to the filesystem. While a backlog drains, freed pages are left to be reused by
+    new readings instead: moving pages of rows about to be deleted would be wasted writes.
+    Returns the pages freed."""
+    free = db.execute("PRAGMA freelist_count").fetchone()[0]
+    if free < _VACUUM_STEP_PAGES:
+        return 0
+    low, high = db.execute("SELECT min(seq), max(seq) FROM readings").fetchone()
+    if low is not None and high - low >= _DRAINED_SPAN:
+        return 0
+    # Each step of the statement frees one page, and Python's sqlite3 steps a statement that
+    # returns no rows only once (measured: fetchall frees one page, not N): one run per page.
+    for _ in range(min(free, _VACUUM_STEP_PAGES)):
+        db.execute("PRAGMA incremental_vacuum(1)")
+    return int(free - db.execute("PRAGMA freelist_count").fetchone()[0])
 
 
 def _quick_check(db: sqlite3.Connection) -> None:
@@ -652,11 +705,13 @@ def _encode_points(values: Sequence[PointValue]) -> str:
 
 def _add_clock_columns(db: sqlite3.Connection) -> None:
     """Files from before time-keeping get the columns of held readings (NULL: stamped by a
-    synchronised clock); idempotent, so every open runs it."""
-    have = {row[1] for row in db.execute("PRAGMA table_info(readings)")}
-    for column, kind in (("boot_id", "TEXT"), ("monotonic_ms", "INTEGER")):
-        if column not in have:
-            db.execute(f"ALTER TABLE readings ADD COLUMN {column} {kind}")
+    synchronised clock), in the readings and in the quarantine, so a quarantined row keeps the
+    monotonic stamp that dates it; idempotent, so every open runs it."""
+    for table in ("readings", "quarantine"):
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for column, kind in (("boot_id", "TEXT"), ("monotonic_ms", "INTEGER")):
+            if column not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def _with_clock(

@@ -19,7 +19,7 @@ from gateway.buffer import Buffer, ReadingStore
 from gateway.errors import StorageDeferred, StorageError
 from gateway.events import DeviceDrops, DropReason, EventKind
 from gateway.health import PartHealth
-from gateway.readings import PointValue, Quality, Reading
+from gateway.readings import PointValue, Quality, Reading, Unsynchronised
 from gateway.upstream.forwarder import Pace
 from tests.harness import held_write_lock
 
@@ -393,3 +393,79 @@ async def test_wal_checkpoints_run_beside_the_commits_and_keep_the_wal_bounded(t
 
 def wal_size(wal: Path) -> int:
     return wal.stat().st_size if wal.exists() else 0
+
+
+def page_counts(path: Path) -> tuple[int, int]:
+    """(pages in the file, free pages), as a technician's sqlite3 shell would show them."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return (
+            db.execute("PRAGMA page_count").fetchone()[0],
+            db.execute("PRAGMA freelist_count").fetchone()[0],
+        )
+
+
+def test_the_file_gives_back_the_space_of_a_drained_backlog(tmp_path: Path):
+    path = tmp_path / "b.db"
+    store = ReadingStore(path, max_size=10**9, max_age_s=1e9)
+    try:
+        big = tuple(PointValue(f"p{i}", 230.0 + i, "V") for i in range(30))
+        backlog = store.append_many([Reading("m1", i, big) for i in range(20_000)])
+        peak, _ = page_counts(path)
+        # The backlog drains in acknowledged batches, as the forwarder deletes it; nothing is
+        # given back while a long backlog waits (those pages are reused by new readings).
+        for start in range(0, 9_500, 500):
+            store.delete(backlog[start : start + 500])
+        assert store.vacuumed_pages == 0
+        for start in range(9_500, len(backlog), 500):
+            store.delete(backlog[start : start + 500])
+        while store.vacuumed_pages < peak // 2:
+            before = store.vacuumed_pages
+            live = store.append(Reading("m1", 99_999, big))
+            store.delete([live])  # live traffic: each acknowledged delete gives back a step
+            assert store.vacuumed_pages > before
+        waiting = store.stats().waiting
+    finally:
+        store.close()
+    pages, free = page_counts(path)
+    assert waiting == 0
+    assert pages < peak / 2
+    assert free < 256
+
+
+def test_an_older_file_is_converted_once_and_keeps_its_readings(tmp_path: Path):
+    path = tmp_path / "b.db"
+    store = ReadingStore(path, max_size=10**9, max_age_s=1e9)
+    seqs = [store.append(reading("m1", i, float(i))) for i in range(50)]
+    store.close()
+    # As files made before incremental vacuum were: auto_vacuum NONE.
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("PRAGMA auto_vacuum=NONE")
+        db.execute("VACUUM")
+        assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    store = ReadingStore(path, max_size=10**9, max_age_s=1e9)
+    try:
+        assert [r.seq for r in store.oldest(0, 100)] == seqs
+        assert store.oldest(0, 100)[-1].reading == reading("m1", 49, 49.0)
+    finally:
+        store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
+
+
+def test_a_quarantined_held_row_keeps_the_monotonic_stamp_that_dates_it(tmp_path: Path):
+    path = tmp_path / "b.db"
+    store = ReadingStore(path, max_size=10**9, max_age_s=1e9, boot_id="boot-a")
+    try:
+        held = Reading(
+            "m1", 5, (PointValue("v", 1.0, "V"),), unsynchronised=Unsynchronised("boot-old", 42_000)
+        )
+        store.append(held)
+        store.append(reading("m1", 6))
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+            db.execute("UPDATE readings SET point_values = 'not json' WHERE seq = 1")
+        assert [r.seq for r in store.oldest(0, 10)] == [2]
+    finally:
+        store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        kept = db.execute("SELECT seq, boot_id, monotonic_ms FROM quarantine").fetchall()
+    assert kept == [(1, "boot-old", 42_000)]
