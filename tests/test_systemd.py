@@ -78,6 +78,16 @@ def test_a_bad_config_cannot_restart_in_a_loop():
     # And `run` itself is what exits 78 on a bad config (tests/test_config.py proves it).
 
 
+def test_a_missing_password_file_does_not_stop_the_unit_from_starting():
+    """LoadCredential= of a missing file fails the start, unless SetCredential= of the same name
+    gives a default (systemd.exec: then the missing file is not fatal)."""
+    settings = unit_settings()
+    loaded = {entry.split(":", 1)[0] for entry in settings["LoadCredential"]}
+    defaults = {entry.split(":", 1)[0] for entry in settings.get("SetCredential", [])}
+    assert "mqtt-password" in loaded
+    assert loaded <= defaults
+
+
 def test_the_watchdog_is_on_and_the_stop_bound_fits_inside_systemds():
     settings = unit_settings()
     assert settings["WatchdogSec"] == ["60s"]

@@ -101,6 +101,19 @@ async def test_a_password_from_a_systemd_credential(tls_broker, pki, tmp_path, m
     )
 
 
+def test_the_units_default_credential_reads_as_missing_with_the_file_to_fill(
+    tmp_path: Path,
+):
+    """What systemd/fieldgate.service's SetCredential= default gives the service when the
+    LoadCredential= file is missing: a newline. The gateway says so instead of sending it."""
+    (tmp_path / "mqtt-password").write_text("\n")
+    source = PasswordSource(credential="mqtt-password")
+    with pytest.raises(BrokerRefused) as refused:
+        source.read({"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert "is empty" in str(refused.value)
+    assert "/etc/fieldgate/credentials/mqtt-password" in str(refused.value)
+
+
 async def test_a_wrong_password_is_refused_and_not_logged(tls_broker, pki, caplog):
     caplog.set_level(logging.DEBUG)
     with pytest.raises(BrokerRefused, match="check the username and password") as refused:

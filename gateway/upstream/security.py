@@ -47,6 +47,10 @@ class TlsSettings:
         return context
 
 
+#: Where systemd/fieldgate.service loads the ``mqtt-password`` credential from.
+_UNIT_CREDENTIAL_FILE = "/etc/fieldgate/credentials/mqtt-password"
+
+
 @dataclass(frozen=True, slots=True)
 class PasswordSource:
     """Where the broker password is kept: a file, or a systemd credential by name."""
@@ -58,13 +62,26 @@ class PasswordSource:
         path, key = self._where(os.environ if environ is None else environ)
         try:
             # One line; a trailing newline is what editors and `echo` leave, not the password.
-            return path.read_text(encoding="utf-8").rstrip("\r\n")
+            password = path.read_text(encoding="utf-8").rstrip("\r\n")
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
             raise BrokerRefused(
                 f"cannot read the broker password from {path} ({key}): {reason}",
                 reason="password unreadable",
             ) from None
+        if not password:
+            # The unit's SetCredential= default when its LoadCredential= file is missing.
+            where = (
+                "the file the unit's LoadCredential= names is missing or empty "
+                f"({_UNIT_CREDENTIAL_FILE} in the shipped unit)"
+                if self.file is None
+                else "the file is empty"
+            )
+            raise BrokerRefused(
+                f"the broker password from {path} ({key}) is empty: {where}",
+                reason="password unreadable",
+            )
+        return password
 
     def _where(self, environ: Mapping[str, str]) -> tuple[Path, str]:
         if self.file is not None:
