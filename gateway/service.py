@@ -130,6 +130,7 @@ async def _run_config(
         async with contextlib.AsyncExitStack() as buses:
             sink = Sink(buffer, health, clock)
             parts = await _open_buses(config, drivers, buses, sink, clock, ending, health)
+            parts.append(_Part("clock watch", sink.watch_clock))
             forwarder = Forwarder(
                 config.mqtt,
                 JsonDialect(config.mqtt.topic_prefix, config.gateway.id),

@@ -12,7 +12,7 @@ from gateway.clock import Clock
 from gateway.errors import DeviceError, StorageDeferred, StorageError
 from gateway.health import HealthRegistry
 from gateway.readings import Reading, Unsynchronised
-from gateway.timekeeping import StepLog
+from gateway.timekeeping import RECHECK_EVERY, StepLog
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,14 @@ class Sink:
         self._restamp_due = self._buffer.held > 0 or self._unsynced_in_flight > 0
         if count:
             log.info("restamped %d reading(s) taken before the clock synchronised", count)
+
+    async def watch_clock(self) -> None:
+        """Restamp held readings once the clock synchronises even when no reading comes to do
+        it (every device down, or polled hourly): checked every few seconds, until cancelled."""
+        while True:
+            await self._clock.sleep(RECHECK_EVERY)
+            if self._restamp_due and self._clock_synchronised():
+                await self._restamp()
 
     def device_failed(self, device: str, error: DeviceError) -> None:
         self._health.device(device).failed(str(error))

@@ -24,6 +24,7 @@ from gateway.scheduler import DevicePoller, slot_after_step
 from gateway.sink import Sink
 from gateway.timekeeping import (
     BUILD_FLOOR,
+    RECHECK_EVERY,
     SyncEvidence,
     TrustCheck,
     current_boot_id,
@@ -156,6 +157,30 @@ async def test_readings_before_sync_are_held_then_restamped_in_place(tmp_path: P
     message = json.loads(JsonDialect("fg", "gw").reading(sent[0], historical=True).payload)
     assert "time" not in message
     assert message["ts"] == iso_utc_ms(expected[0])
+
+
+async def test_held_readings_are_restamped_when_the_clock_syncs_with_no_reading_after(
+    tmp_path: Path,
+) -> None:
+    """Every device went quiet after the readings were held: the sink's clock watch restamps
+    them on its own within one check after the sync."""
+    clock = ManualClock(1000.0, synced=False)
+    buffer = await Buffer.open(tmp_path / "b.db", 10**9, 1e9, boot_id=BOOT)
+    sink = Sink(buffer, HealthRegistry(), clock)
+    watch = asyncio.create_task(sink.watch_clock())
+    try:
+        taken = await submit_unsynchronised(sink, clock, 3)
+        await clock.settle(1)
+        await clock.advance_to(clock.now + RECHECK_EVERY, sleepers=1)
+        assert await buffer.oldest(0, 100) == []  # not synchronised yet: still held
+        sync(clock)
+        await clock.advance_to(clock.now + RECHECK_EVERY, sleepers=1)
+        sent = await buffer.oldest(0, 100)
+    finally:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+        await buffer.close()
+    assert [b.reading.read_at_ms for b in sent] == [round((t + SYNCED) * 1000) for t in taken]
 
 
 async def test_a_restart_within_the_boot_still_restamps(tmp_path: Path) -> None:
