@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from drivers.modbus.config import ModbusDevice, ModbusTcpBus, RegisterType, ValueType
 from drivers.modbus.plan import plan_requests
 from drivers.modbus.tcp import open_modbus_tcp_bus
-from drivers.modbus.templates import TEMPLATE_DIR, load_templates
+from drivers.modbus.templates import TEMPLATE_DIR, Identification, load_templates
 from gateway.clock import SystemClock
 from gateway.errors import DeviceTimeout
 from gateway.readings import Quality
@@ -193,11 +193,26 @@ async def test_a_reply_delay_longer_than_the_timeout_is_a_timeout_and_a_short_on
 
 
 def test_scan_identifies_template_meters_by_their_rule():
-    meters = [TemplateMeter(4, "sunspec-inverter-float"), TemplateMeter(5, "aquametro-calec-st")]
+    # Rules of every width: a u32 ("SunS"), a u16 (device kind), a u64 (Socomec's "SOCO", one
+    # character a register).
+    meters = [
+        TemplateMeter(4, "sunspec-inverter-float"),
+        TemplateMeter(5, "aquametro-calec-st"),
+        TemplateMeter(6, "socomec-countis-e27"),
+    ]
     with start_serial_line_in_thread(meters, baudrate=19200) as line:
         result = run_fieldgate(
-            "scan", "--serial", line.path, "--baud", "19200", "--units", "4-5", "--timeout", "100ms"
+            "scan", "--serial", line.path, "--baud", "19200", "--units", "4-6", "--timeout", "100ms"
         )
     assert result.returncode == 0, result.stderr
     units = {row.split()[0]: row.split()[-1] for row in result.stdout.splitlines()[2:]}
-    assert units == {"4": "sunspec-inverter-float", "5": "aquametro-calec-st"}
+    assert units == {
+        "4": "sunspec-inverter-float",
+        "5": "aquametro-calec-st",
+        "6": "socomec-countis-e27",
+    }
+
+
+def test_an_identification_rule_reads_a_number():
+    with pytest.raises(ValidationError, match="an identification register holds a number"):
+        Identification.model_validate({"address": 0, "type": "string", "equals": 1})

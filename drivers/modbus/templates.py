@@ -13,9 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from drivers.modbus.config import MAX_REGISTERS_PER_READ, ModbusPoint, RegisterType, ValueType
+from drivers.modbus.config import (
+    MAX_REGISTERS_PER_READ,
+    REGISTER_COUNT,
+    ModbusPoint,
+    RegisterType,
+    ValueType,
+)
 from gateway.config.fields import Name, StrictModel
 
 TEMPLATE_DIR = Path(__file__).with_name("templates")
@@ -34,6 +40,14 @@ class Identification(StrictModel):
     address: int = Field(ge=0, le=65535)
     type: ValueType = ValueType.U16
     equals: float | int
+
+    @field_validator("type")
+    @classmethod
+    def _numeric(cls, value: ValueType) -> ValueType:
+        # The rule reads a number of a fixed width: text and enums have no such width here.
+        if value not in REGISTER_COUNT or value is ValueType.BOOL:
+            raise ValueError(f"an identification register holds a number, not {value}")
+        return value
 
 
 class MeterTemplate(StrictModel):

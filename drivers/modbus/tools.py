@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from drivers.modbus.bus import EXCEPTION_NAMES, ModbusBus
 from drivers.modbus.config import (
+    REGISTER_COUNT,
     ModbusDevice,
     ModbusRtuBus,
     ModbusRtuOverTcpBus,
@@ -202,9 +203,7 @@ async def _matches(bus: ModbusBus, unit: int, template: MeterTemplate) -> bool:
     code = _READ_CODE.get(rule.register_type)
     if code is None:
         return False
-    count = {ValueType.U16: 1, ValueType.I16: 1, ValueType.U32: 2, ValueType.I32: 2}.get(
-        rule.type, 2
-    )
+    count = REGISTER_COUNT[rule.type]
     try:
         data = await bus.link.transact(unit, read_request(code, rule.address, count))
     except DeviceError:
