@@ -13,6 +13,7 @@ from typing import Annotated
 
 from pydantic import Field, Tag
 
+from drivers.ble.config import BleBus, BleDevice
 from drivers.host.config import HostBus, HostDevice
 from drivers.modbus.config import (
     ModbusDevice,
@@ -25,7 +26,8 @@ from gateway.driver import BusDriverFactory
 
 #: Every bus kind a config may name, told apart by its ``type`` key.
 BusConfig = Annotated[
-    ModbusTcpBus | ModbusRtuBus | ModbusRtuOverTcpBus | HostBus, Field(discriminator="type")
+    ModbusTcpBus | ModbusRtuBus | ModbusRtuOverTcpBus | HostBus | BleBus,
+    Field(discriminator="type"),
 ]
 
 #: Every device kind, each tagged with its class name. A device has no key that tells its kind:
@@ -33,6 +35,7 @@ BusConfig = Annotated[
 DeviceConfig = (
     Annotated[ModbusDevice, Tag(ModbusDevice.__name__)]
     | Annotated[HostDevice, Tag(HostDevice.__name__)]
+    | Annotated[BleDevice, Tag(BleDevice.__name__)]
 )
 
 #: ``type`` of a bus -> "module:factory" that opens it. Imported lazily, so that a gateway with
@@ -42,6 +45,7 @@ _DRIVERS: dict[str, str] = {
     "modbus_rtu": "drivers.modbus.rtu:open_modbus_rtu_bus",
     "modbus_rtu_over_tcp": "drivers.modbus.tcp:open_modbus_rtu_over_tcp_bus",
     "host": "drivers.host.driver:open_host_bus",
+    "ble": "drivers.ble.driver:open_ble_bus",
 }
 
 _DEVICE_MODELS: dict[object, type[DeviceBase]] = {

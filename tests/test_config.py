@@ -147,6 +147,7 @@ def test_committed_schema_is_current():
     assert {kind["$ref"] for kind in device_kinds} == {
         "#/$defs/ModbusDevice",
         "#/$defs/HostDevice",
+        "#/$defs/BleDevice",
     }
     assert "soc_temperature" in schema["$defs"]["HostMetric"]["enum"]
 

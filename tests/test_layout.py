@@ -20,8 +20,9 @@ DRIVER_MAY_IMPORT_FROM_CORE = {
     "gateway.config.fields",
 }
 #: Libraries outside the standard library that drivers may use (yaml: meter templates are YAML
-#: data shipped with the Modbus driver).
-DRIVER_LIBRARIES = {"pydantic", "pymodbus", "serial", "bleak", "dbus_fast", "yaml"}
+#: data shipped with the Modbus driver; habluetooth: the advertisement model the BLE parsers take,
+#: which are imported by name from the BLE driver's table).
+DRIVER_LIBRARIES = {"pydantic", "pymodbus", "serial", "bleak", "dbus_fast", "yaml", "habluetooth"}
 #: Standard-library modules that belong to the core's side of the seam (storage, upstream).
 CORE_SIDE_STDLIB = {"sqlite3"}
 

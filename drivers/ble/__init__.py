@@ -1,0 +1,2 @@
+"""BLE sensors through bleak: advertisements decoded by Home Assistant's parsers (streaming),
+and GATT characteristics read on an interval (polled)."""

@@ -1,0 +1,145 @@
+"""Advertisement payloads built from the formats' public descriptions, written here apart from
+the parsers the gateway uses, so that a test compares two independent readings of each format.
+
+Each encoder takes the values in engineering units and returns the values as the payload
+carries them (rounded to its resolution): those are what the gateway must publish.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.ciphers.aead import AESCCM
+
+
+def uuid16(short: int) -> str:
+    return f"0000{short:04x}-0000-1000-8000-00805f9b34fb"
+
+
+BTHOME_UUID = uuid16(0xFCD2)
+ATC_UUID = uuid16(0x181A)
+RUUVI_COMPANY = 0x0499
+GOVEE_COMPANY = 0xEC88
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """What one advertisement carries: service data or manufacturer data, and the values as
+    encoded (the resolution of the format applied)."""
+
+    service_data: dict[str, bytes]
+    manufacturer_data: dict[int, bytes]
+    values: dict[str, float]
+
+
+def _mac_bytes(address: str) -> bytes:
+    return bytes.fromhex(address.replace(":", ""))
+
+
+def bthome_v2(
+    address: str,
+    packet_id: int,
+    temperature: float,
+    humidity: float,
+    battery: int,
+    *,
+    key: bytes | None = None,
+    counter: int = 0,
+) -> Payload:
+    """BTHome v2 (bthome.io/format): a device information byte (version 2 in bits 5-7, bit 0
+    encrypted), then objects in ascending id order: 0x00 packet id u8, 0x01 battery u8 %, 0x02
+    temperature s16 0.01 °C, 0x03 humidity u16 0.01 %. Encrypted (bthome.io/encryption): AES-CCM
+    with a 4-byte MIC over the objects, nonce = MAC + UUID (d2 fc) + device info + counter; the
+    counter (u32 LE) and the MIC follow the ciphertext."""
+    t = round(temperature * 100)
+    h = round(humidity * 100)
+    objects = struct.pack("<BBBBBhBH", 0x00, packet_id & 0xFF, 0x01, battery, 0x02, t, 0x03, h)
+    values = {"temperature": t / 100, "humidity": h / 100, "battery": float(battery)}
+    if key is None:
+        return Payload({BTHOME_UUID: bytes([0x40]) + objects}, {}, values)
+    info = bytes([0x41])
+    count = struct.pack("<I", counter)
+    nonce = _mac_bytes(address) + b"\xd2\xfc" + info + count
+    sealed = AESCCM(key, tag_length=4).encrypt(nonce, objects, None)
+    ciphertext, mic = sealed[:-4], sealed[-4:]
+    return Payload({BTHOME_UUID: info + ciphertext + count + mic}, {}, values)
+
+
+def ruuvi_rawv2(  # noqa: PLR0917 - the fields of the frame, in order
+    address: str,
+    sequence: int,
+    temperature: float,
+    humidity: float,
+    pressure_hpa: float,
+    battery_mv: int,
+) -> Payload:
+    """Ruuvi data format 5 (RAWv2), manufacturer data of company 0x0499, big-endian: format 5,
+    temperature i16 0.005 °C, humidity u16 0.0025 %, pressure u16 Pa - 50000, acceleration
+    x/y/z i16 mG, power u16 (battery mV - 1600 in the top 11 bits, (TX dBm + 40) / 2 in the
+    low 5), movement counter u8, measurement sequence u16, MAC."""
+    t = round(temperature / 0.005)
+    h = round(humidity / 0.0025)
+    p = round(pressure_hpa * 100) - 50000
+    power = ((battery_mv - 1600) << 5) | ((4 + 40) // 2)
+    data = struct.pack(
+        ">BhHHhhhHBH6s", 5, t, h, p, 0, 0, 1000, power, 0, sequence & 0xFFFF, _mac_bytes(address)
+    )
+    values = {
+        "temperature": round(t * 0.005, 3),
+        "humidity": round(h * 0.0025, 4),
+        "pressure": (p + 50000) / 100,
+        "voltage": float(battery_mv),
+    }
+    return Payload({}, {RUUVI_COMPANY: data}, values)
+
+
+def atc_pvvx(  # noqa: PLR0917 - the fields of the frame, in order
+    address: str, counter: int, temperature: float, humidity: float, battery: int, mv: int
+) -> Payload:
+    """pvvx's "custom" format of the ATC_MiThermometer firmware: service data of 0x181A, 15
+    bytes little-endian: MAC reversed, temperature i16 0.01 °C, humidity u16 0.01 %, battery mV
+    u16, battery % u8, counter u8, flags u8."""
+    t = round(temperature * 100)
+    h = round(humidity * 100)
+    data = _mac_bytes(address)[::-1] + struct.pack("<hHHBBB", t, h, mv, battery, counter & 0xFF, 0)
+    values = {"temperature": t / 100, "humidity": h / 100, "battery": float(battery)}
+    return Payload({ATC_UUID: data}, {}, values)
+
+
+def atc1441(  # noqa: PLR0917 - the fields of the frame, in order
+    address: str, counter: int, temperature: float, humidity: float, battery: int, mv: int
+) -> Payload:
+    """atc1441's format: service data of 0x181A, 13 bytes big-endian: MAC, temperature i16
+    0.1 °C, humidity u8 %, battery u8 %, battery mV u16, counter u8."""
+    t = round(temperature * 10)
+    h = round(humidity)
+    data = _mac_bytes(address) + struct.pack(">hBBHB", t, h, battery, mv, counter & 0xFF)
+    values = {"temperature": t / 10, "humidity": float(h), "battery": float(battery)}
+    return Payload({ATC_UUID: data}, {}, values)
+
+
+def govee_h5075(temperature: float, humidity: float, battery: int) -> Payload:
+    """Govee H5072/H5075: manufacturer data of 0xEC88, 6 bytes: 0x00, then temperature and
+    humidity packed in 24 bits big-endian as temperature*10000 + humidity*10 (bit 23: below
+    zero), battery %, 0x00. Advertised with the name GVH5075_XXXX."""
+    t = round(abs(temperature) * 10)
+    h = round(humidity * 10)
+    packed = t * 1000 + h
+    if temperature < 0:
+        packed |= 0x800000
+    data = b"\x00" + packed.to_bytes(3, "big") + bytes([battery, 0])
+    sign = -1 if temperature < 0 else 1
+    values = {"temperature": sign * t / 10, "humidity": h / 10, "battery": float(battery)}
+    return Payload({}, {GOVEE_COMPANY: data}, values)
+
+
+def thermopro_tp357(temperature: float, humidity: int) -> Payload:
+    """ThermoPro TP357: the frame starts in the company id: byte 0 is a constant (0xC2), bytes
+    1-2 the temperature i16 LE in 0.1 °C, byte 3 humidity %, byte 4's low two bits the battery
+    level (2: full). Advertised with the name "TP357 (XXXX)"."""
+    t = round(temperature * 10)
+    frame = bytes([0xC2]) + struct.pack("<hB", t, humidity) + bytes([0x02, 0x2C, 0x00])
+    company = int.from_bytes(frame[0:2], "little")
+    values = {"temperature": t / 10, "humidity": float(humidity), "battery": 100.0}
+    return Payload({}, {company: frame[2:]}, values)
