@@ -55,9 +55,13 @@ def gateway_yaml(
 class GatewayProcess:
     """``fieldgate run`` as a child process, with its log in a file."""
 
-    def __init__(self, config_path: Path, log_path: Path) -> None:
+    def __init__(
+        self, config_path: Path, log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.config_path = config_path
         self.log_path = log_path
+        #: Added to the environment (the private system bus of a simulated BlueZ, say).
+        self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
         self._log_start = 0
 
@@ -71,7 +75,7 @@ class GatewayProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=REPO,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
 
     def kill(self) -> None:
@@ -115,12 +119,25 @@ class GatewayProcess:
         return False
 
 
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds passed; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
 def start_gateway(
-    started: list[GatewayProcess], tmp_path: Path, config_text: str
+    started: list[GatewayProcess],
+    tmp_path: Path,
+    config_text: str,
+    env: dict[str, str] | None = None,
 ) -> GatewayProcess:
     config_path = tmp_path / "fieldgate.yaml"
     config_path.write_text(config_text)
-    gateway = GatewayProcess(config_path, tmp_path / "gateway.log")
+    gateway = GatewayProcess(config_path, tmp_path / "gateway.log", env)
     gateway.start()
     started.append(gateway)
     return gateway

@@ -22,9 +22,16 @@ from fieldgate_sim.fleet import FleetSubscriber
 from fieldgate_sim.modbus_server import Sdm630Meter, start_in_thread
 from fieldgate_sim.mosquitto import MosquittoBroker
 
-from tests.harness import REPO, GatewayProcess, gateway_yaml, reading_seqs, start_gateway
+from tests.harness import (
+    REPO,
+    GatewayProcess,
+    gateway_yaml,
+    reading_seqs,
+    start_gateway,
+    wait_until,
+)
 from tests.test_buffer import fill
-from tests.test_delivery import FAST_METERS, lan, newest_seq_stored, wait_until
+from tests.test_delivery import FAST_METERS, lan, newest_seq_stored
 
 EVENTS = "fieldgate/gw-test/events"
 

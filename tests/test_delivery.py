@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 import sqlite3
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,13 @@ from fieldgate_sim.fleet import FleetSubscriber
 from fieldgate_sim.modbus_server import Sdm630Meter, start_in_thread
 from fieldgate_sim.mosquitto import MosquittoBroker
 
-from tests.harness import GatewayProcess, gateway_yaml, reading_seqs, start_gateway
+from tests.harness import (
+    GatewayProcess,
+    gateway_yaml,
+    reading_seqs,
+    start_gateway,
+    wait_until,
+)
 
 FAST_METERS = """\
 - name: m1
@@ -62,15 +67,6 @@ def newest_seq_stored(path: Path) -> int:
     with sqlite3.connect(path) as db:
         row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()
         return int(row[0]) if row else 0
-
-
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def test_broker_down_for_ten_seconds_loses_nothing(

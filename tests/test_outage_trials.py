@@ -19,8 +19,8 @@ from fieldgate_sim.fleet import FleetSubscriber
 from fieldgate_sim.modbus_server import Sdm630Meter, start_in_thread
 from fieldgate_sim.mosquitto import MosquittoBroker
 
-from tests.harness import GatewayProcess, gateway_yaml, reading_seqs, start_gateway
-from tests.test_delivery import FAST_METERS, lan, newest_seq_stored, wait_until
+from tests.harness import GatewayProcess, gateway_yaml, reading_seqs, start_gateway, wait_until
+from tests.test_delivery import FAST_METERS, lan, newest_seq_stored
 
 EVENTS = "fieldgate/gw-test/events"
 

@@ -13,7 +13,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from drivers.modbus.config import ByteOrder
 from gateway.config.fields import (
@@ -47,6 +47,16 @@ def check_mac(text: str) -> str:
     return text.upper()
 
 
+def _uuid_is_text(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        # pydantic reports a ValueError (not a TypeError) with the key's path and line.
+        raise ValueError(  # noqa: TRY004
+            f"{value} is a number to YAML (0x2A6F and 2902 are read as numbers); write the "
+            "UUID in quotes, like '2a6f'"
+        )
+    return value
+
+
 def check_uuid(text: str) -> str:
     """A characteristic UUID: 16-bit (``2a6e``, ``0x2A6E``) or 128-bit, as the full lowercase
     128-bit form bleak reports."""
@@ -70,6 +80,7 @@ Mac = Annotated[
 ]
 CharacteristicUuid = Annotated[
     str,
+    BeforeValidator(_uuid_is_text),
     AfterValidator(check_uuid),
     Field(
         json_schema_extra={

@@ -234,7 +234,9 @@ class BleAdapter:
             await scanner.start()
         except (BleakError, OSError, EOFError) as exc:
             raise AdapterTrouble(describe_trouble(exc, self._bus)) from exc
-        self._last_advert = self._clock.monotonic()
+        now = self._last_advert = self._clock.monotonic()
+        for advertiser in self._advertisers:
+            advertiser.sampler.scan_started(now)
         return scanner
 
     async def _stop_scanner(self, scanner: BleakScanner) -> None:

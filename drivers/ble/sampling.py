@@ -50,6 +50,12 @@ class SensorSampler:
         self.missing = False
         self._window: _Window | None = None
 
+    def scan_started(self, now: float) -> None:
+        """Scanning (re)started at ``now``: a sensor not yet missing gets its full staleness
+        limit from now, since nobody could hear it while the adapter was away."""
+        if not self.missing:
+            self.last_heard = max(self.last_heard, now)
+
     def add(self, values: Sequence[PointValue], now: float, wall_ms: int) -> bool:
         """An advertisement's values, heard at ``now``. Returns True when it ends an absence
         (the sensor was reported missing)."""

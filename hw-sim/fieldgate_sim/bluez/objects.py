@@ -149,6 +149,10 @@ class Device(ServiceInterface):
             changed["ServiceData"] = self.service_data
         self.emit_properties_changed(changed)
 
+    def cancel_pending(self) -> None:
+        """End a Connect left hanging (the simulator is stopping)."""
+        self._cancel_connect.set()
+
     @dbus_method(name="Connect")
     async def connect(self) -> None:
         self.connects += 1

@@ -222,6 +222,9 @@ class BluezSimulator:
             bus.export(char_path, characteristic)
 
     async def stop(self) -> None:
+        for device in self.devices.values():
+            device.cancel_pending()
+        await asyncio.sleep(0)  # let the hanging Connect calls answer
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

@@ -1,0 +1,225 @@
+"""Advertisements -> values through Home Assistant's real parsers (drivers.ble.decode), the
+pure ATC decoder, GATT characteristic bytes, bind keys and the BLE config. Payloads come from
+hw-sim's encoders, written from the formats' descriptions apart from the parsers."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from fieldgate_sim.bluez import formats
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drivers.ble.config import BleDevice, Format, GattPoint
+from drivers.ble.decode import Advert, AdvertDecoder, Decoded, Rejected, Rejection
+from drivers.ble.gatt import decode_characteristic
+from drivers.ble.keys import bind_key_of
+from gateway.config.loader import parse_config
+from gateway.errors import ConfigError, DeviceProtocolError
+
+ADDRESS = "54:48:E6:8F:80:A5"
+KEY = bytes.fromhex("231d39c1d7cc1ab1aee224cd096db932")
+
+
+def advert(payload: formats.Payload, name: str = "sensor", time: float = 1.0) -> Advert:
+    return Advert(ADDRESS, name, -60, payload.manufacturer_data, payload.service_data, time=time)
+
+
+def values(outcome: Decoded | Rejected) -> dict[str, float | int | str]:
+    assert isinstance(outcome, Decoded), outcome
+    return {m.name: m.value for m in outcome.measurements}
+
+
+@pytest.mark.parametrize(
+    ("payload", "name", "fmt", "key"),
+    [
+        (formats.bthome_v2(ADDRESS, 1, 21.37, 45.5, 88), "BTHome", Format.BTHOME, None),
+        (
+            formats.bthome_v2(ADDRESS, 1, -5.37, 45.5, 88, key=KEY, counter=7),
+            "BTHome",
+            Format.BTHOME,
+            KEY,
+        ),
+        (
+            formats.ruuvi_rawv2(ADDRESS, 1, 21.37, 45.5, 1013.25, 2950),
+            "Ruuvi 80A5",
+            Format.RUUVI,
+            None,
+        ),
+        (formats.atc_pvvx(ADDRESS, 1, 21.37, 45.5, 88, 2950), "ATC_8F80A5", Format.ATC, None),
+        (formats.atc1441(ADDRESS, 1, -1.5, 45.5, 88, 2950), "ATC_8F80A5", Format.ATC, None),
+        (formats.govee_h5075(-3.2, 45.5, 88), "GVH5075_80A5", Format.GOVEE, None),
+        (formats.thermopro_tp357(21.37, 45), "TP357 (80A5)", Format.THERMOPRO, None),
+    ],
+)
+def test_every_format_decodes_to_the_values_the_sensor_sent(payload, name, fmt, key):
+    for chosen in (fmt, Format.AUTO):
+        decoder = AdvertDecoder(chosen, key)
+        decoded = values(decoder.decode(advert(payload, name)))
+        for measurement, sent in payload.values.items():
+            assert decoded[measurement] == pytest.approx(sent), (chosen, measurement)
+        assert decoder.format is fmt
+
+
+def test_an_encrypted_sensor_with_the_wrong_key_or_none_is_a_key_rejection():
+    payload = formats.bthome_v2(ADDRESS, 1, 21.0, 45.0, 88, key=KEY, counter=1)
+    wrong = AdvertDecoder(Format.BTHOME, bytes(16)).decode(advert(payload))
+    assert isinstance(wrong, Rejected)
+    assert wrong.reason is Rejection.KEY
+    assert "do not decrypt" in wrong.detail
+    missing = AdvertDecoder(Format.AUTO).decode(advert(payload))
+    assert isinstance(missing, Rejected)
+    assert missing.reason is Rejection.KEY
+    assert "no bind key" in missing.detail
+
+
+def test_a_repeated_bthome_packet_is_nothing_new():
+    decoder = AdvertDecoder(Format.BTHOME)
+    payload = formats.bthome_v2(ADDRESS, 9, 21.0, 45.0, 88)
+    assert isinstance(decoder.decode(advert(payload, time=1.0)), Decoded)
+    repeat = decoder.decode(advert(payload, time=1.5))
+    assert repeat == Rejected(Rejection.NOTHING_NEW)
+    following = formats.bthome_v2(ADDRESS, 10, 21.5, 45.0, 88)
+    assert values(decoder.decode(advert(following, time=2.0)))["temperature"] == 21.5
+
+
+KNOWN_UUIDS = st.sampled_from(
+    [formats.BTHOME_UUID, formats.ATC_UUID, formats.uuid16(0xFE95), formats.uuid16(0x181C)]
+)
+KNOWN_COMPANIES = st.sampled_from([formats.RUUVI_COMPANY, formats.GOVEE_COMPANY, 0x0001, 0xC2C2])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    service_data=st.dictionaries(
+        KNOWN_UUIDS | st.uuids().map(str), st.binary(max_size=40), max_size=3
+    ),
+    manufacturer_data=st.dictionaries(
+        KNOWN_COMPANIES | st.integers(0, 0xFFFF), st.binary(max_size=40), max_size=3
+    ),
+    name=st.none()
+    | st.sampled_from(["GVH5075_0001", "TP357 (0001)", "Ruuvi 0001", "ATC_1"])
+    | st.text(max_size=20),
+    fmt=st.sampled_from(list(Format)),
+    key=st.none() | st.binary(min_size=16, max_size=16),
+)
+def test_any_advertisement_bytes_give_values_or_a_rejection(
+    service_data, manufacturer_data, name, fmt, key
+):
+    decoder = AdvertDecoder(fmt, key)
+    for time in (1.0, 1.2):  # twice: the parsers keep state between advertisements
+        outcome = decoder.decode(
+            Advert(ADDRESS, name, -70, manufacturer_data, service_data, time=time)
+        )
+        assert isinstance(outcome, Decoded | Rejected)
+        if isinstance(outcome, Decoded):
+            for measurement in outcome.measurements:
+                assert isinstance(measurement.value, int | float | str)
+                assert measurement.name
+
+
+def point(**fields: object) -> GattPoint:
+    return GattPoint.model_validate({"name": "p", "characteristic": "2a6e", **fields})
+
+
+@pytest.mark.parametrize(
+    ("fields", "data", "expected"),
+    [
+        ({"type": "i16", "scale": 0.01}, struct.pack("<h", -537), -5.37),
+        ({"type": "u16", "scale": 0.01}, struct.pack("<H", 4550), 45.5),
+        ({"type": "u8"}, bytes([88]), 88),
+        ({"type": "i8"}, bytes([0xFE]), -2),
+        ({"type": "u32", "byte_order": "big"}, struct.pack(">I", 4_000_000_000), 4_000_000_000),
+        ({"type": "f32"}, struct.pack("<f", 21.37), 21.37),
+        ({"type": "u16", "offset_bytes": 1}, b"\x00" + struct.pack("<H", 513), 513),
+        ({"type": "string"}, b"TP357\x00junk", "TP357"),
+    ],
+)
+def test_gatt_bytes_decode_like_modbus_points(fields, data, expected):
+    assert decode_characteristic(point(**fields), data) == pytest.approx(expected)
+
+
+def test_gatt_bytes_too_short_are_refused():
+    with pytest.raises(ValueError, match="hold no u32"):
+        decode_characteristic(point(type="u32"), b"\x01\x02")
+
+
+def test_a_bind_key_comes_from_its_file_or_credential_and_never_into_a_message(tmp_path: Path):
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY.hex().upper() + "\n")
+    device = BleDevice.model_validate(
+        {"name": "s", "bus": "b", "address": ADDRESS, "bind_key_file": str(key_file)}
+    )
+    assert bind_key_of(device, {}) == KEY
+    credential = BleDevice.model_validate(
+        {"name": "s", "bus": "b", "address": ADDRESS, "bind_key_credential": "cold-room"}
+    )
+    (tmp_path / "cold-room").write_text(KEY.hex())
+    assert bind_key_of(credential, {"CREDENTIALS_DIRECTORY": str(tmp_path)}) == KEY
+    with pytest.raises(DeviceProtocolError, match="LoadCredential"):
+        bind_key_of(credential, {})
+    key_file.write_text("not-a-key " + KEY.hex()[:10])
+    with pytest.raises(DeviceProtocolError) as bad:
+        bind_key_of(device, {})
+    assert KEY.hex()[:10] not in str(bad.value)
+
+
+CONFIG = """\
+gateway: {{id: gw}}
+mqtt: {{host: 127.0.0.1}}
+buffer: {{path: /var/lib/fieldgate/b.db}}
+buses:
+  - {{name: radio, type: ble}}
+devices:
+  - {device}
+"""
+
+
+@pytest.mark.parametrize(
+    ("device", "problem"),
+    [
+        ("{name: s, bus: radio}", "give the sensor's address"),
+        ("{name: s, bus: radio, address: 'A4:C1:38:12:34'}", "not a Bluetooth address"),
+        (
+            "{name: s, bus: radio, address: 'A4:C1:38:12:34:56', format: ruuvi, bind_key_file: /k}",
+            "never encrypted",
+        ),
+        ("{name: s, bus: radio, address: 'A4:C1:38:12:34:56', bind_key: abc}", "bind_key"),
+        (
+            "{name: s, bus: radio, address: 'A4:C1:38:12:34:56', format: bthome, "
+            "points: [{name: t, characteristic: 2a6e, type: i16}]}",
+            "takes no format",
+        ),
+        (
+            "{name: s, bus: radio, address: 'A4:C1:38:12:34:56', "
+            "points: [{name: t, characteristic: 0x2A6E, type: i16}]}",
+            "write the UUID in quotes",
+        ),
+        (
+            "{name: s, bus: radio, address: 'A4:C1:38:12:34:56', stale_after: 0.5s}",
+            "shorter than allowed",
+        ),
+    ],
+)
+def test_bad_ble_devices_are_refused_with_the_key_and_the_fix(device, problem):
+    with pytest.raises(ConfigError) as refused:
+        parse_config(CONFIG.format(device=device), "fieldgate.yaml")
+    text = "\n".join(refused.value.problems)
+    assert "devices[0]" in text
+    assert problem in text
+
+
+def test_a_good_ble_config_is_accepted():
+    config = parse_config(
+        CONFIG.format(
+            device="{name: s, bus: radio, name_pattern: 'ATC_*', sampling: mean, "
+            "stale_after: 10m, bind_key_credential: cold-room}"
+        ),
+        "fieldgate.yaml",
+    )
+    device = config.devices[0]
+    assert isinstance(device, BleDevice)
+    assert device.advert_format is Format.AUTO
+    assert device.stale_after == 600.0
