@@ -67,11 +67,26 @@ def bus_driver_factory(bus_type: str) -> BusDriverFactory:
     return factory
 
 
+def _scans_ble(args: object, load_config: object) -> bool:
+    """``scan ble`` (no config), or ``scan -c FILE BUS`` where BUS is a BLE bus of FILE."""
+    bus = getattr(args, "bus", None)
+    config_path = getattr(args, "config", None)
+    if config_path is None or not callable(load_config):
+        return bus == "ble"
+    config = load_config(config_path)
+    named = [b for b in config.buses if b.name == bus]
+    return isinstance(named[0], BleBus) if named else bus == "ble"
+
+
 def run_tool(command: str, args: object, load_config: object) -> int:
     """Run a technician command (``templates``, ``scan``, ``probe``) with the parsed command
     line. ``load_config`` is the core's config loader, for a bus named from the config file."""
     import asyncio  # noqa: PLC0415
 
+    if command == "scan" and _scans_ble(args, load_config):
+        ble_tools = importlib.import_module("drivers.ble.tools")
+        found: int = asyncio.run(ble_tools.scan_command(args, load_config))
+        return found
     tools = importlib.import_module("drivers.modbus.tools")
     if command == "templates":
         result: int = tools.templates_command(args)

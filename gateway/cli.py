@@ -152,7 +152,13 @@ def _add_modbus_tools(
     actions.add_parser("list", help="every template: name, medium, meter, points")
     actions.add_parser("show", help="a template's YAML").add_argument("name")
     scan = commands.add_parser(
-        "scan", help="which Modbus unit ids answer on a bus", parents=parents
+        "scan",
+        help="which Modbus unit ids answer on a bus; `scan ble`: which BLE sensors advertise",
+        parents=parents,
+    )
+    scan.add_argument("--adapter", default="hci0", help="scan ble: the adapter (hci0)")
+    scan.add_argument(
+        "--seconds", type=float, default=10.0, help="scan ble: how long to listen (10)"
     )
     scan.add_argument("--units", default="1-247", help="unit ids to try, e.g. 1-247 or 5")
     scan.add_argument(
@@ -166,7 +172,9 @@ def _add_modbus_tools(
     probe.add_argument("--address", type=lambda text: int(text, 0), default=0)
     probe.add_argument("--count", type=int, default=10, help="registers to read (10)")
     for tool in (scan, probe):
-        tool.add_argument("bus", nargs="?", help="a bus of the config file given with -c")
+        tool.add_argument(
+            "bus", nargs="?", help="a bus of the config file given with -c (scan: or ble)"
+        )
         tool.add_argument("-c", "--config", type=Path, help="the YAML config file with BUS")
         tool.add_argument("--serial", metavar="PORT", help="a serial port, e.g. /dev/ttyUSB0")
         tool.add_argument("--baud", type=int, default=9600, help="serial baud rate (9600)")

@@ -26,6 +26,7 @@ from drivers.modbus.decode import decode_registers
 from drivers.modbus.link import ModbusExceptionError
 from drivers.modbus.pdu import FunctionCode, read_request, registers_of
 from drivers.modbus.templates import TEMPLATE_DIR, MeterTemplate, load_templates
+from drivers.table import write_table
 from gateway.clock import SystemClock
 from gateway.errors import DeviceError, DeviceTimeout
 
@@ -109,7 +110,7 @@ def templates_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int
             (t.name, t.medium, f"{t.manufacturer} {t.model}", str(len(t.points)))
             for t in templates.values()
         ]
-        _table(rows, out)
+        write_table(rows, out)
         return 0
     if args.name not in templates:
         print(f"no template {args.name!r}; known: {', '.join(templates)}", file=sys.stderr)
@@ -143,7 +144,7 @@ async def scan_command(
                 (str(unit), how, meter or "-") for unit, how, meter in found
             ]
             print(f"{label}: {len(found)} unit(s) answer", file=out)
-            _table(rows, out)
+            write_table(rows, out)
             if args.sweep:
                 break
     if not found_any:
@@ -283,25 +284,5 @@ async def probe_command(
         except DeviceError as exc:
             print(f"unit {args.unit}: {exc}", file=sys.stderr)
             return EX_UNAVAILABLE
-    _table(probe_rows(registers_of(data), args.address), out)
+    write_table(probe_rows(registers_of(data), args.address), out)
     return 0
-
-
-def _table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
-    """Columns aligned: numbers to the right, text to the left."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    numeric = [all(_is_number(row[i]) for row in rows[1:]) for i in range(len(widths))]
-    for row in rows:
-        cells = [
-            cell.rjust(width) if right else cell.ljust(width)
-            for cell, width, right in zip(row, widths, numeric, strict=True)
-        ]
-        out.write("  ".join(cells).rstrip() + "\n")
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return text == ""
-    return True

@@ -1,0 +1,54 @@
+"""`fieldgate scan ble`, run as a technician runs it, against the simulated BlueZ."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import yaml
+from fieldgate_sim.bluez.simulator import Kind, SimSensor, SimulatedBluetooth
+
+from tests.harness import REPO
+
+
+def scan(bus_address: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "scan", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": bus_address},
+        timeout=60,
+        check=False,
+    )
+
+
+def test_scan_ble_lists_sensors_with_values_and_a_snippet_to_paste():
+    sensors = [
+        SimSensor(Kind.RUUVI, "C4:7C:8D:00:00:03", "Ruuvi 0003", seed=3),
+        SimSensor(Kind.BTHOME_ENCRYPTED, "A4:C1:38:00:00:02", "BTHome 0002", seed=2),
+        SimSensor(Kind.GATT, "F0:F0:00:00:00:09", "GATT thermo 0009", seed=9),
+    ]
+    with SimulatedBluetooth(sensors) as bt:
+        result = scan(bt.address, "ble", "--seconds", "2")
+    assert result.returncode == 0, result.stderr
+    assert "listening on hci0: 1/2s" in result.stderr
+    table, _, snippet = result.stdout.partition("\n\n")
+    rows = {line.split()[0]: line for line in table.splitlines()[1:]}
+    assert set(rows) == {"C4:7C:8D:00:00:03", "A4:C1:38:00:00:02", "F0:F0:00:00:00:09"}
+    assert "ruuvi" in rows["C4:7C:8D:00:00:03"]
+    assert "temperature=" in rows["C4:7C:8D:00:00:03"]
+    assert "needs its bind key" in rows["A4:C1:38:00:00:02"]
+    pasted = yaml.safe_load(snippet)
+    assert pasted[0]["address"] == "C4:7C:8D:00:00:03"
+    assert pasted[0]["format"] == "ruuvi"
+    assert pasted[1]["bind_key_file"].endswith(".key")
+    assert len(pasted) == 2, "only what fieldgate can decode is offered"
+
+
+def test_scan_ble_says_why_when_bluez_is_absent():
+    with SimulatedBluetooth(bluez=False) as bt:
+        result = scan(bt.address, "ble", "--seconds", "1")
+    assert result.returncode == 69
+    assert "BlueZ (bluetoothd) is not running" in result.stderr
