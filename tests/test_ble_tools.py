@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
-from fieldgate_sim.bluez.simulator import Kind, SimSensor, SimulatedBluetooth
+from fieldgate_sim.bluez.simulator import DEMO_BIND_KEY, Kind, SimSensor, SimulatedBluetooth
 
 from tests.harness import REPO
 
@@ -52,3 +54,30 @@ def test_scan_ble_says_why_when_bluez_is_absent():
         result = scan(bt.address, "ble", "--seconds", "1")
     assert result.returncode == 69
     assert "BlueZ (bluetoothd) is not running" in result.stderr
+
+
+def test_the_simulator_runs_by_hand_and_stops_on_sigterm():
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "fieldgate_sim", "ble", "--sensors", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        assert sim.stdout is not None
+        first = sim.stdout.readline()
+        assert first.startswith("DBUS_SYSTEM_BUS_ADDRESS=unix:path="), first
+        key_line = sim.stdout.readline()
+        key_file = key_line.rsplit(": ", 1)[1].strip()
+        assert Path(key_file).read_text().strip() == DEMO_BIND_KEY.hex()
+        result = scan(first.split("=", 1)[1].strip(), "ble", "--seconds", "2")
+        assert result.returncode == 0, result.stderr
+        assert "02:00:00:00:00:01" in result.stdout
+        sim.send_signal(signal.SIGTERM)
+        _, stderr = sim.communicate(timeout=10)
+        assert sim.returncode == 0, stderr
+    finally:
+        if sim.poll() is None:
+            sim.kill()
+            sim.communicate()

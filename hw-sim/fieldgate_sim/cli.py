@@ -16,6 +16,15 @@ unit answer that many milliseconds after a request, as real meters do.
 `--fault UNIT:KIND[=VALUE]` gives a unit a fault: silent, slow=SECONDS, busy, refuse=START-END
 (holding and input), crc=RATE, wrong-fc, truncate, tid0, garbage, disconnect.
 
+    fieldgate-sim ble --sensors 20 --fault connect-hang=F0:F0:00:00:00:09
+
+starts a private D-Bus system bus with a simulated BlueZ (adapter hci0) on it: one sensor of
+each supported format (BTHome plain and encrypted, Ruuvi, pvvx, atc1441, Govee, ThermoPro), one
+sending garbage and a GATT thermometer, plus `--sensors N` more BTHome sensors. It prints
+`DBUS_SYSTEM_BUS_ADDRESS=...` (give that to `fieldgate run` or `fieldgate scan ble`) and the
+file with the encrypted sensor's bind key. `--fault KIND=ADDRESS`: vanish, connect-fail,
+connect-hang; `--power-off-after SECONDS` powers the adapter off after that long.
+
 One line per server goes to stdout once it accepts connections, so a parent process can wait for
 it; SIGINT or SIGTERM stops it with exit status 0.
 """
@@ -27,8 +36,18 @@ import asyncio
 import logging
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
+from fieldgate_sim.bluez.bus import PrivateBus
+from fieldgate_sim.bluez.simulator import (
+    DEMO_BIND_KEY,
+    BluezSimulator,
+    Kind,
+    default_sensors,
+    many_sensors,
+)
 from fieldgate_sim.modbus_server import Faults, MeterServer, Sdm630Meter, SimulatedDevice
 from fieldgate_sim.serial_line import SerialLine
 from fieldgate_sim.template_meter import TemplateMeter, template_names
@@ -89,6 +108,16 @@ def _parser() -> argparse.ArgumentParser:
             rtu.add_argument("--host", default="127.0.0.1")
             rtu.add_argument("--port", type=int, default=4001)
         _meter_options(rtu)
+    ble = commands.add_parser("ble", help="a simulated BlueZ with BLE sensors on a private bus")
+    ble.add_argument("--adapter", default="hci0", help="adapter name (hci0)")
+    ble.add_argument(
+        "--sensors", type=int, default=0, metavar="N", help="N more BTHome sensors (0)"
+    )
+    ble.add_argument(
+        "--every", type=float, default=1.0, metavar="S", help="advertising interval (1s)"
+    )
+    ble.add_argument("--fault", action="append", default=[], metavar="KIND=ADDRESS")
+    ble.add_argument("--power-off-after", type=float, metavar="SECONDS")
     return parser
 
 
@@ -242,12 +271,70 @@ async def _serve_modbus_tcp(args: argparse.Namespace, units: list[int]) -> int:
     return 0
 
 
+_BLE_FAULTS = {"vanish", "connect-fail", "connect-hang"}
+
+
+async def _serve_ble(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in _STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop.set)
+    sensors = default_sensors() + many_sensors(args.sensors, args.every)
+    for sensor in sensors:
+        sensor.every = args.every if sensor.kind is not Kind.GARBAGE else sensor.every
+    with PrivateBus() as bus, tempfile.TemporaryDirectory(prefix="fieldgate-sim-") as keys:
+        key_file = Path(keys) / "bthome-0002.key"
+        key_file.write_text(DEMO_BIND_KEY.hex() + "\n")
+        simulator = BluezSimulator(sensors, bus.address, args.adapter)
+        try:
+            await simulator.start()
+            for fault in args.fault:
+                kind, _, address = fault.partition("=")
+                if kind == "vanish":
+                    simulator.vanish(address.upper())
+                else:
+                    simulator.set_connect(address.upper(), kind.removeprefix("connect-"))
+            print(f"DBUS_SYSTEM_BUS_ADDRESS={bus.address}", flush=True)
+            print(f"bind key of {sensors[1].address} ({sensors[1].name}): {key_file}")
+            for sensor in sensors[: len(default_sensors())]:
+                print(f"  {sensor.address}  {sensor.kind.value:17} {sensor.name}")
+            if args.sensors:
+                print(f"  ... and {args.sensors} more BTHome sensors (02:00:00:00:*)")
+            print(f"advertising every {args.every:g}s on {args.adapter}", flush=True)
+            if args.power_off_after is not None:
+                loop.call_later(args.power_off_after, simulator.power, False)
+            await stop.wait()
+        finally:
+            await simulator.stop()
+            for signum in _STOP_SIGNALS:
+                loop.remove_signal_handler(signum)
+    return 0
+
+
+def _check_ble(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not 0 <= args.sensors <= 65536:
+        parser.error("--sensors: 0..65536")
+    if not 0.02 <= args.every <= 3600:
+        parser.error("--every: 0.02..3600 seconds")
+    addresses = {s.address for s in default_sensors()}
+    for fault in args.fault:
+        kind, _, address = fault.partition("=")
+        if kind not in _BLE_FAULTS or address.upper() not in addresses:
+            parser.error(
+                f"--fault {fault}: KIND=ADDRESS with KIND one of {', '.join(sorted(_BLE_FAULTS))}"
+                " and the address of one of the sensors listed at start"
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.command == "ble":
+        _check_ble(parser, args)
+        return asyncio.run(_serve_ble(args))
     _check_meter_options(parser, args)
     if args.command == "modbus-tcp":
         units = _check_modbus_tcp(parser, args)

@@ -9,6 +9,7 @@ of its own); ``fieldgate-sim ble`` runs it by hand.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 import struct
@@ -156,6 +157,21 @@ def default_sensors() -> list[SimSensor]:
     ]
 
 
+def many_sensors(count: int, every: float = 1.0) -> list[SimSensor]:
+    """``count`` BTHome sensors (for load): addresses 02:00:00:00:HH:LL, a locally
+    administered range no real sensor has."""
+    return [
+        SimSensor(
+            Kind.BTHOME,
+            f"02:00:00:00:{n >> 8:02X}:{n & 0xFF:02X}",
+            f"BTHome {n:04X}",
+            every=every,
+            seed=100 + n,
+        )
+        for n in range(count)
+    ]
+
+
 def _is_connected(device: Device) -> bool:
     return device.connected
 
@@ -230,7 +246,9 @@ class BluezSimulator:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._bus is not None:
             self._bus.disconnect()
-            await self._bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+            # It ends with the error that closed the socket (our own disconnect).
+            with contextlib.suppress(EOFError, OSError):
+                await self._bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
 
     async def _advertise(self) -> None:
         loop = asyncio.get_running_loop()
