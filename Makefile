@@ -1,12 +1,12 @@
 # Two commands on a fresh Debian machine: `make demo` and `make test`. Each installs what it
-# needs: the venv from the lock file, and Debian's mosquitto when it is missing.
+# needs: the venv from the lock file, and Debian's mosquitto and dbus-daemon when missing.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-from-lock
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test trials bench lint lock mosquitto systemd-tools install uninstall clean
+.PHONY: demo test trials bench lint lock mosquitto dbus systemd-tools install uninstall clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,13 @@ mosquitto:
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mosquitto; \
 	fi
 
+# The simulated BlueZ (demo, tests, bench) runs on a private dbus-daemon.
+dbus:
+	@if ! command -v dbus-daemon >/dev/null && [ ! -x /usr/bin/dbus-daemon ]; then \
+		echo "installing Debian's dbus-daemon (the simulated BlueZ's private bus)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dbus-daemon; \
+	fi
+
 # systemd-analyze checks the unit file (verify, security score) in the tests.
 systemd-tools:
 	@if ! command -v systemd-analyze >/dev/null; then \
@@ -27,7 +34,7 @@ systemd-tools:
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq systemd; \
 	fi
 
-demo: $(STAMP) mosquitto
+demo: $(STAMP) mosquitto dbus
 	$(BIN)/python examples/demo.py
 
 lint: $(STAMP)
@@ -35,19 +42,20 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint mosquitto systemd-tools
+test: lint mosquitto dbus systemd-tools
 	$(BIN)/pytest -m "not slow"
 
 # The long trials (100 kill -9 runs); `make test` runs a short version of each.
-trials: $(STAMP) mosquitto
+trials: $(STAMP) mosquitto dbus
 	$(BIN)/pytest -m slow
 
-bench: $(STAMP) mosquitto
+bench: $(STAMP) mosquitto dbus
 	$(BIN)/python bench/end_to_end.py
 	$(BIN)/python bench/shutdown.py
 	$(BIN)/python bench/buffer.py
 	$(BIN)/python -m bench.kill_trials
 	$(BIN)/python bench/modbus_line.py
+	$(BIN)/python bench/ble.py
 
 # Re-pin every dependency (after changing a range in pyproject.toml); commit the result.
 lock: $(STAMP)

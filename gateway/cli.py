@@ -224,14 +224,22 @@ async def _read_now(config: GatewayConfig, device_name: str) -> int:
     bus_config = next(b for b in config.buses if b.name == device_config.bus)
     factory = bus_driver_factory(bus_config.type)
     async with factory(bus_config, [device_config], SystemClock()) as bus:
+        polled = next((d for d in bus.devices if d.name == device_name), None)
+        if polled is None:
+            print(
+                f"{device_name} is not read on demand: its readings stream in as it sends them "
+                "(a BLE advertiser: `fieldgate scan ble` shows what it sends)",
+                file=sys.stderr,
+            )
+            return EX_UNAVAILABLE
         try:
-            reading = await bus.devices[0].read()
+            reading = await polled.read()
         except DeviceError as exc:
             print(f"{device_name}: {exc}", file=sys.stderr)
             return EX_UNAVAILABLE
         # A driver may say why values are missing (the Modbus driver does: a refused range, a
         # garbled answer); the payload carries only null, so this is where a technician sees it.
-        why: dict[str, str] = dict(getattr(bus.devices[0], "last_missing", {}))
+        why: dict[str, str] = dict(getattr(polled, "last_missing", {}))
     rows = [("point", "value", "unit")]
     rows += [(p.name, _show(p.value), p.unit or "") for p in reading.values]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]

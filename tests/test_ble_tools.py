@@ -81,3 +81,40 @@ def test_the_simulator_runs_by_hand_and_stops_on_sigterm():
         if sim.poll() is None:
             sim.kill()
             sim.communicate()
+
+
+def test_read_polls_a_gatt_sensor_now_and_explains_an_advertiser(tmp_path: Path):
+    config = tmp_path / "fieldgate.yaml"
+    config.write_text(
+        "gateway: {id: gw}\nmqtt: {host: 127.0.0.1}\nbuffer: {path: /var/lib/fieldgate/b.db}\n"
+        "buses: [{name: radio, type: ble, connect_timeout: 5s}]\n"
+        "devices:\n"
+        "  - {name: ruuvi, bus: radio, address: 'C4:7C:8D:00:00:03'}\n"
+        "  - name: gatt\n    bus: radio\n    address: 'F0:F0:00:00:00:09'\n    points:\n"
+        "      - {name: battery, characteristic: 2a19, type: u8, unit: '%'}\n"
+    )
+    sensors = [
+        SimSensor(Kind.RUUVI, "C4:7C:8D:00:00:03", "Ruuvi 0003", seed=3),
+        SimSensor(Kind.GATT, "F0:F0:00:00:00:09", "GATT thermo 0009", seed=9),
+    ]
+    with SimulatedBluetooth(sensors) as bt:
+        gatt = read(bt.address, config, "gatt")
+        sent = bt.call(lambda: list(bt.sensor("F0:F0:00:00:00:09").sent))
+        ruuvi = read(bt.address, config, "ruuvi")
+    assert gatt.returncode == 0, gatt.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in gatt.stdout.splitlines()[2:]}
+    assert float(rows["battery"][0]) == sent[-1]["battery"]
+    assert ruuvi.returncode == 69
+    assert "not read on demand" in ruuvi.stderr
+
+
+def read(bus_address: str, config: Path, device: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "read", "-c", str(config), device],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": bus_address},
+        timeout=60,
+        check=False,
+    )

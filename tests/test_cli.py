@@ -29,7 +29,7 @@ def test_version():
 def test_check_takes_the_config_as_every_command_does(args):
     result = run_fieldgate(*args)
     assert result.returncode == 0, result.stderr
-    assert "examples/demo.yaml: OK (2 bus(es), 2 device(s))" in result.stdout
+    assert "examples/demo.yaml: OK (3 bus(es), 4 device(s))" in result.stdout
 
 
 @pytest.mark.parametrize("command", ["run", "check", "read"])

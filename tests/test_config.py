@@ -73,7 +73,7 @@ def test_example_configs_are_valid():
         assert config.devices, example
     result = run_fieldgate("check", str(REPO / "examples" / "demo.yaml"))
     assert result.returncode == 0
-    assert "OK (2 bus(es), 2 device(s))" in result.stdout
+    assert "OK (3 bus(es), 4 device(s))" in result.stdout
 
 
 def test_values_people_write_reach_the_model():

@@ -11,7 +11,7 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from bleak import BleakClient
+from bleak import BleakClient, BleakScanner
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.device import BLEDevice
 from bleak.exc import BleakError
@@ -87,11 +87,11 @@ class GattDevice:
         return self._config.name
 
     async def read(self) -> Reading:
-        device = self._find(self._address)
+        device = self._find(self._address) or await self._look_for_it()
         if device is None:
             raise DeviceUnreachable(
-                f"{self._address} has not been seen by the scan on {self._adapter} (out of "
-                "range, or the adapter is not scanning)"
+                f"{self._address} is not advertising on {self._adapter} (out of range, or "
+                "the adapter does not scan)"
             )
         async with self._budget.slot():
             client = BleakClient(device, timeout=self._timeout, bluez={"adapter": self._adapter})
@@ -102,6 +102,17 @@ class GattDevice:
             finally:
                 await self._disconnect(client)
         return reading_from_values(self.name, read_at_ms, tuple(values))
+
+    async def _look_for_it(self) -> BLEDevice | None:
+        """Not heard by the bus's scan (not yet, or no scan runs: `fieldgate read`): listen
+        for it once, for at most the connect timeout."""
+        try:
+            found: BLEDevice | None = await BleakScanner.find_device_by_address(
+                self._address, timeout=self._timeout, bluez={"adapter": self._adapter}
+            )
+        except (BleakError, OSError, EOFError) as exc:
+            raise DeviceUnreachable(f"cannot scan for {self._address}: {exc}") from None
+        return found
 
     async def _connect(self, client: BleakClient) -> None:
         self._budget.connects += 1
