@@ -55,7 +55,7 @@ bench: $(STAMP) mosquitto dbus
 	$(BIN)/python bench/buffer.py
 	$(BIN)/python -m bench.kill_trials
 	$(BIN)/python bench/modbus_line.py
-	$(BIN)/python bench/ble.py
+	$(BIN)/python -m bench.ble
 
 # Re-pin every dependency (after changing a range in pyproject.toml); commit the result.
 lock: $(STAMP)

@@ -190,7 +190,7 @@ class BleAdapter:
         self._sink = sink
         for logger in _CHATTY_LOGGERS:
             logging.getLogger(logger).setLevel(logging.ERROR)
-        await self._open_decoders(sink)
+        await self.open_decoders(sink)
         backoff = Backoff(base=1.0, cap=self._bus.retry_max)
         while True:
             try:
@@ -208,7 +208,9 @@ class BleAdapter:
             finally:
                 await self._stop_scanner(scanner)
 
-    async def _open_decoders(self, sink: ReadingSink) -> None:
+    async def open_decoders(self, sink: ReadingSink) -> None:
+        """Read the bind keys and make each sensor's decoder. :meth:`stream` does this first;
+        whoever feeds :meth:`on_advert` without it (a benchmark) calls it."""
         for advertiser in self._advertisers:
             if advertiser.decoder is not None:
                 continue
@@ -227,7 +229,7 @@ class BleAdapter:
             bluez["or_patterns"] = PASSIVE_PATTERNS
         try:
             scanner = BleakScanner(
-                detection_callback=self._on_advert,
+                detection_callback=self.on_advert,
                 scanning_mode="passive" if passive else "active",
                 bluez=bluez,
             )
@@ -287,7 +289,7 @@ class BleAdapter:
             return DeviceTimeout(f"{where} not heard since the scan started ({limit} ago)")
         return DeviceTimeout(f"{where} not heard for {limit} (stale_after)")
 
-    def _on_advert(self, device: BLEDevice, data: AdvertisementData) -> None:
+    def on_advert(self, device: BLEDevice, data: AdvertisementData) -> None:
         """bleak's detection callback: never lets an exception out into bleak."""
         try:
             self._advert(device, data)
