@@ -4,20 +4,25 @@ hw-sim's encoders, written from the formats' descriptions apart from the parsers
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from pathlib import Path
 
 import pytest
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
 from fieldgate_sim.bluez import formats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.ble.config import BleDevice, Format, GattPoint
+from drivers.ble.config import BleBus, BleDevice, Format, GattPoint
 from drivers.ble.decode import Advert, AdvertDecoder, Decoded, Rejected, Rejection
+from drivers.ble.driver import BleAdapter
 from drivers.ble.gatt import decode_characteristic
 from drivers.ble.keys import bind_key_of
+from gateway.clock import SystemClock
 from gateway.config.loader import parse_config
-from gateway.errors import ConfigError, DeviceProtocolError
+from gateway.errors import ConfigError, DeviceError, DeviceProtocolError
 
 ADDRESS = "54:48:E6:8F:80:A5"
 KEY = bytes.fromhex("231d39c1d7cc1ab1aee224cd096db932")
@@ -223,3 +228,53 @@ def test_a_good_ble_config_is_accepted():
     assert isinstance(device, BleDevice)
     assert device.advert_format is Format.AUTO
     assert device.stale_after == 600.0
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+
+    async def submit(self, reading: object) -> None:
+        return None
+
+    def device_failed(self, device: str, error: DeviceError) -> None:
+        self.failed.append(f"{device}: {error}")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    adverts=st.lists(
+        st.tuples(
+            st.sampled_from(["A4:C1:38:00:00:01", "A4:C1:38:00:00:02", "DE:AD:BE:EF:00:08"]),
+            st.dictionaries(KNOWN_UUIDS, st.binary(max_size=32), max_size=2),
+            st.dictionaries(KNOWN_COMPANIES, st.binary(max_size=32), max_size=2),
+        ),
+        max_size=20,
+    )
+)
+def test_the_driver_takes_any_advertisement_bytes_and_counts_each(adverts):
+    devices = [
+        BleDevice.model_validate({"name": "auto", "bus": "radio", "address": "A4:C1:38:00:00:01"}),
+        BleDevice.model_validate(
+            {"name": "bthome", "bus": "radio", "address": "A4:C1:38:00:00:02", "format": "bthome"}
+        ),
+    ]
+    adapter = BleAdapter(BleBus(name="radio", type="ble"), devices, SystemClock())
+    sink = _Sink()
+    asyncio.run(adapter.open_decoders(sink))
+    for address, service_data, manufacturer_data in adverts:
+        data = AdvertisementData(
+            local_name=None,
+            manufacturer_data=manufacturer_data,
+            service_data=service_data,
+            service_uuids=[],
+            tx_power=None,
+            rssi=-70,
+            platform_data=(),
+        )
+        adapter.on_advert(BLEDevice(address, None, None), data)
+    configured = sum(1 for address, _, _ in adverts if address != "DE:AD:BE:EF:00:08")
+    assert adapter.heard == configured
+    # A bug in the callback would be caught there and counted as a rejection too: none was.
+    assert adapter.decoded + adapter.rejected == configured
+    assert adapter.faults == 0

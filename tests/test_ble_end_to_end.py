@@ -260,3 +260,23 @@ def test_adapter_trouble_is_reported_once_and_scanning_resumes_while_modbus_goes
     # Scanning resumed gives the sensor its staleness limit afresh: not missing at once.
     assert "not heard since the scan started" not in log, log
     assert "Traceback" not in log, log
+
+
+def test_passive_scanning_where_bluez_cannot_is_one_clear_line(
+    broker: MosquittoBroker, gateways: list[GatewayProcess], tmp_path: Path
+):
+    # The simulated BlueZ has no advertisement monitor (AdvertisementMonitorManager1), like a
+    # BlueZ before 5.56 or without --experimental.
+    with SimulatedBluetooth([SimSensor(Kind.BTHOME, PLAIN, "BTHome 0001", seed=1)]) as bt:
+        config = gateway_yaml(
+            broker.port,
+            tmp_path / "buffer.db",
+            buses=ble_bus(scanning="passive", retry_max="1s"),
+            devices=f"- {{name: plain, bus: radio, address: '{PLAIN}'}}\n",
+        )
+        gateway = start_gateway(gateways, tmp_path, config, {"DBUS_SYSTEM_BUS_ADDRESS": bt.address})
+        assert gateway.wait_for_log("device plain failed", timeout=20), gateway.log()
+        assert gateway.stop() == 0
+    log = gateway.log()
+    assert log.count("passive scanning is not supported here") == 2, log  # driver + health
+    assert "set scanning: active" in log

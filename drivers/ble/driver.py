@@ -157,10 +157,13 @@ class BleAdapter:
         self._sink: ReadingSink | None = None
         self._last_advert = started
         self._trouble: str | None = None
-        self._faults_logged = 0
+        #: Advertisements of configured sensors: heard, decoded into values, rejected (not
+        #: decodable, a repeat, or a bind key that does not open them).
         self.heard = 0
         self.decoded = 0
         self.rejected = 0
+        #: Advertisements our own code failed on (a bug): counted as rejected, logged once.
+        self.faults = 0
 
     @property
     def devices(self) -> Sequence[GattDevice]:
@@ -295,12 +298,12 @@ class BleAdapter:
             self._advert(device, data)
         except Exception:
             self.rejected += 1
-            if self._faults_logged == 0:
+            if self.faults == 0:
                 log.exception(
                     "BLE bus %s: an advertisement could not be handled (a bug; logged once)",
                     self._bus.name,
                 )
-            self._faults_logged += 1
+            self.faults += 1
 
     def _advert(self, device: BLEDevice, data: AdvertisementData) -> None:
         now = self._clock.monotonic()
