@@ -46,8 +46,8 @@ from gateway.readings import PointValue, reading_from_values
 
 log = logging.getLogger(__name__)
 
-#: Libraries whose loggers speak per advertisement (a failed decryption is a warning each
-#: time): the driver reports those itself, once.
+#: Libraries whose loggers speak per advertisement (a failed decryption is a warning, a
+#: garbled frame an error, each time): the driver counts those and reports them itself, once.
 _CHATTY_LOGGERS = ("bthome_ble", "xiaomi_ble", "govee_ble", "thermopro_ble", "ruuvitag_ble")
 #: Stopping a scan is bounded: a BlueZ that went away must not hold up a restart or shutdown.
 _STOP_TIMEOUT = 5.0
@@ -147,7 +147,15 @@ class BleAdapter:
         self._gatt_addresses = {d.address for d in devices if d.is_gatt and d.address}
         self._seen: dict[str, BLEDevice] = {}
         self._gatt = [
-            GattDevice(d, bus.adapter, self._budget, self._seen.get, clock, bus.connect_timeout)
+            GattDevice(
+                d,
+                bus.adapter,
+                self._budget,
+                self._seen.get,
+                lambda: self._scanning,
+                clock,
+                bus.connect_timeout,
+            )
             for d in devices
             if d.is_gatt
         ]
@@ -155,6 +163,7 @@ class BleAdapter:
         self._silence_limit = min(stale) if stale else _SILENCE_DEFAULT
         self._tick = max(0.05, min([0.5, *(a.config.interval / 4 for a in self._advertisers)]))
         self._sink: ReadingSink | None = None
+        self._scanning = False
         self._last_advert = started
         self._trouble: str | None = None
         #: Advertisements of configured sensors: heard, decoded into values, rejected (not
@@ -192,7 +201,7 @@ class BleAdapter:
     async def stream(self, sink: ReadingSink) -> None:
         self._sink = sink
         for logger in _CHATTY_LOGGERS:
-            logging.getLogger(logger).setLevel(logging.ERROR)
+            logging.getLogger(logger).setLevel(logging.CRITICAL)
         await self.open_decoders(sink)
         backoff = Backoff(base=1.0, cap=self._bus.retry_max)
         while True:
@@ -239,12 +248,14 @@ class BleAdapter:
             await scanner.start()
         except (BleakError, OSError, EOFError) as exc:
             raise AdapterTrouble(describe_trouble(exc, self._bus)) from exc
+        self._scanning = True
         now = self._last_advert = self._clock.monotonic()
         for advertiser in self._advertisers:
             advertiser.sampler.scan_started(now)
         return scanner
 
     async def _stop_scanner(self, scanner: BleakScanner) -> None:
+        self._scanning = False
         with contextlib.suppress(BleakError, OSError, EOFError, TimeoutError):
             async with asyncio.timeout(_STOP_TIMEOUT):
                 await scanner.stop()

@@ -70,6 +70,7 @@ class GattDevice:
         adapter: str,
         budget: ConnectionBudget,
         find: Callable[[str], BLEDevice | None],
+        scanning: Callable[[], bool],
         clock: Clock,
         connect_timeout: float,
     ) -> None:
@@ -79,6 +80,7 @@ class GattDevice:
         self._adapter = adapter
         self._budget = budget
         self._find = find
+        self._scanning = scanning
         self._clock = clock
         self._timeout = connect_timeout
 
@@ -87,7 +89,9 @@ class GattDevice:
         return self._config.name
 
     async def read(self) -> Reading:
-        device = self._find(self._address) or await self._look_for_it()
+        device = self._find(self._address)
+        if device is None and not self._scanning():
+            device = await self._look_for_it()
         if device is None:
             raise DeviceUnreachable(
                 f"{self._address} is not advertising on {self._adapter} (out of range, or "
@@ -104,7 +108,7 @@ class GattDevice:
         return reading_from_values(self.name, read_at_ms, tuple(values))
 
     async def _look_for_it(self) -> BLEDevice | None:
-        """Not heard by the bus's scan (not yet, or no scan runs: `fieldgate read`): listen
+        """No scan of the bus runs (`fieldgate read`, or the adapter is in trouble): listen
         for it once, for at most the connect timeout."""
         try:
             found: BLEDevice | None = await BleakScanner.find_device_by_address(

@@ -34,19 +34,24 @@ NOT_CONNECTED = "org.bluez.Error.NotConnected"
 
 
 class Adapter(ServiceInterface):
-    """``org.bluez.Adapter1``: discovery is refused while the adapter is powered off."""
+    """``org.bluez.Adapter1``: discovery is refused while the adapter is powered off. As in
+    BlueZ, each StartDiscovery is a session of its own: the adapter discovers while any is open
+    (a one-shot scan stopping must not end a gateway's long-running scan)."""
 
     def __init__(self, address: str) -> None:
         super().__init__("org.bluez.Adapter1")
         self.address = address
         self.powered = True
         self.discovering = False
+        self.sessions = 0
         #: Called when discovery starts or stops (the simulator advertises only meanwhile).
         self.on_discovery: Callable[[bool], None] = lambda _on: None
 
     def set_powered(self, powered: bool) -> None:
         changed: dict[str, Any] = {"Powered": powered}
         self.powered = powered
+        if not powered:
+            self.sessions = 0
         if not powered and self.discovering:
             self.discovering = False
             changed["Discovering"] = False
@@ -57,6 +62,7 @@ class Adapter(ServiceInterface):
     def start_discovery(self) -> None:
         if not self.powered:
             raise DBusError(NOT_READY, "Resource Not Ready")
+        self.sessions += 1
         if not self.discovering:
             self.discovering = True
             self.emit_properties_changed({"Discovering": True})
@@ -66,7 +72,8 @@ class Adapter(ServiceInterface):
     def stop_discovery(self) -> None:
         if not self.powered:
             raise DBusError(NOT_READY, "Resource Not Ready")
-        if self.discovering:
+        self.sessions = max(0, self.sessions - 1)
+        if self.discovering and self.sessions == 0:
             self.discovering = False
             self.emit_properties_changed({"Discovering": False})
             self.on_discovery(False)
