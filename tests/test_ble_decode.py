@@ -57,6 +57,7 @@ def values(outcome: Decoded | Rejected) -> dict[str, float | int | str]:
         (formats.atc1441(ADDRESS, 1, -1.5, 45.5, 88, 2950), "ATC_8F80A5", Format.ATC, None),
         (formats.govee_h5075(-3.2, 45.5, 88), "GVH5075_80A5", Format.GOVEE, None),
         (formats.thermopro_tp357(21.37, 45), "TP357 (80A5)", Format.THERMOPRO, None),
+        (formats.mibeacon_lywsdcgq(ADDRESS, 1, -7.3, 55.2), "MJ_HT_V1", Format.XIAOMI, None),
     ],
 )
 def test_every_format_decodes_to_the_values_the_sensor_sent(payload, name, fmt, key):

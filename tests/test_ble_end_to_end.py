@@ -33,6 +33,7 @@ THERMOPRO = "B8:59:CE:00:00:07"
 JUNK = "DE:AD:BE:EF:00:08"
 GATT = "F0:F0:00:00:00:09"
 WRONG_KEY = "A4:C1:38:00:00:0A"
+MIBEACON = "4C:65:A8:00:00:0B"
 
 #: The resolution each payload carries a measurement in: the gateway's value must be one the
 #: sensor sent, to within it.
@@ -105,6 +106,7 @@ def test_ble_sensors_reach_the_broker_with_the_values_they_sent(
             - {{name: atc, bus: radio, name_pattern: "ATC_00000?", interval: 1s, format: atc}}
             - {{name: govee, bus: radio, address: "{GOVEE}", interval: 1s}}
             - {{name: thermopro, bus: radio, address: "{THERMOPRO}", interval: 1s}}
+            - {{name: mijia, bus: radio, address: "{MIBEACON}", interval: 1s, format: xiaomi}}
             - {{name: junk, bus: radio, address: "{JUNK}", interval: 1s, format: bthome}}
             - {{name: wrong-key, bus: radio, address: "{WRONG_KEY}", interval: 1s,
                 bind_key_file: {wrong}}}
@@ -114,7 +116,7 @@ def test_ble_sensors_reach_the_broker_with_the_values_they_sent(
         env = {"DBUS_SYSTEM_BUS_ADDRESS": bt.address}
         gateway = start_gateway(gateways, tmp_path, config, env)
         wanted = {"plain": 2, "secret": 2, "ruuvi": 2, "pvvx": 2, "atc": 2, "govee": 2}
-        wanted |= {"thermopro": 2, "gatt": 2}
+        wanted |= {"thermopro": 2, "gatt": 2, "mijia": 2}
         assert fleet.wait_for(has_readings(wanted), timeout=40), gateway.log()
         assert gateway.wait_for_log("device wrong-key failed", timeout=10), gateway.log()
         for device, address in (
@@ -124,6 +126,7 @@ def test_ble_sensors_reach_the_broker_with_the_values_they_sent(
             ("pvvx", PVVX),
             ("govee", GOVEE),
             ("thermopro", THERMOPRO),
+            ("mijia", MIBEACON),
             ("gatt", GATT),
         ):
             for reading in readings_of(fleet, device):

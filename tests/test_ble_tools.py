@@ -14,9 +14,10 @@ from fieldgate_sim.bluez.simulator import DEMO_BIND_KEY, Kind, SimSensor, Simula
 from tests.harness import REPO
 
 
-def scan(bus_address: str, *args: str) -> subprocess.CompletedProcess[str]:
+def fieldgate(bus_address: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``fieldgate ARGS`` with the simulated BlueZ's bus as the system bus."""
     return subprocess.run(
-        [sys.executable, "-m", "gateway", "scan", *args],
+        [sys.executable, "-m", "gateway", *args],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -24,6 +25,10 @@ def scan(bus_address: str, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+def scan(bus_address: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return fieldgate(bus_address, "scan", *args)
 
 
 def test_scan_ble_lists_sensors_with_values_and_a_snippet_to_paste():
@@ -98,23 +103,11 @@ def test_read_polls_a_gatt_sensor_now_and_explains_an_advertiser(tmp_path: Path)
         SimSensor(Kind.GATT, "F0:F0:00:00:00:09", "GATT thermo 0009", seed=9),
     ]
     with SimulatedBluetooth(sensors) as bt:
-        gatt = read(bt.address, config, "gatt")
+        gatt = fieldgate(bt.address, "read", "-c", str(config), "gatt")
         sent = bt.call(lambda: list(bt.sensor("F0:F0:00:00:00:09").sent))
-        ruuvi = read(bt.address, config, "ruuvi")
+        ruuvi = fieldgate(bt.address, "read", "-c", str(config), "ruuvi")
     assert gatt.returncode == 0, gatt.stderr
     rows = {line.split()[0]: line.split()[1:] for line in gatt.stdout.splitlines()[2:]}
     assert float(rows["battery"][0]) == sent[-1]["battery"]
     assert ruuvi.returncode == 69
     assert "not read on demand" in ruuvi.stderr
-
-
-def read(bus_address: str, config: Path, device: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", "read", "-c", str(config), device],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": bus_address},
-        timeout=60,
-        check=False,
-    )

@@ -19,7 +19,8 @@ unit answer that many milliseconds after a request, as real meters do.
     fieldgate-sim ble --sensors 20 --fault connect-hang=F0:F0:00:00:00:09
 
 starts a private D-Bus system bus with a simulated BlueZ (adapter hci0) on it: one sensor of
-each supported format (BTHome plain and encrypted, Ruuvi, pvvx, atc1441, Govee, ThermoPro), one
+each supported format (BTHome plain and encrypted, Ruuvi, MiBeacon, pvvx, atc1441, Govee,
+ThermoPro), one
 sending garbage and a GATT thermometer, plus `--sensors N` more BTHome sensors. It prints
 `DBUS_SYSTEM_BUS_ADDRESS=...` (give that to `fieldgate run` or `fieldgate scan ble`) and the
 file with the encrypted sensor's bind key. `--fault KIND=ADDRESS`: vanish, connect-fail,

@@ -19,6 +19,7 @@ def uuid16(short: int) -> str:
 
 BTHOME_UUID = uuid16(0xFCD2)
 ATC_UUID = uuid16(0x181A)
+MIBEACON_UUID = uuid16(0xFE95)
 RUUVI_COMPANY = 0x0499
 GOVEE_COMPANY = 0xEC88
 
@@ -143,3 +144,18 @@ def thermopro_tp357(temperature: float, humidity: int) -> Payload:
     company = int.from_bytes(frame[0:2], "little")
     values = {"temperature": t / 10, "humidity": float(humidity), "battery": 100.0}
     return Payload({}, {company: frame[2:]}, values)
+
+
+def mibeacon_lywsdcgq(address: str, counter: int, temperature: float, humidity: float) -> Payload:
+    """Xiaomi MiBeacon (service data of 0xFE95), plain, as the LYWSDCGQ (MJ_HT_V1) sends it:
+    frame control u16 LE (version 2 in bits 12-15, object included 0x40, MAC included 0x10),
+    product id u16 LE (0x01AA), frame counter u8, MAC reversed, then the object 0x100D (u16 LE
+    id, u8 length 4): temperature i16 LE and humidity u16 LE in tenths."""
+    t = round(temperature * 10)
+    h = round(humidity * 10)
+    data = (
+        struct.pack("<HHB", 0x2050, 0x01AA, counter & 0xFF)
+        + _mac_bytes(address)[::-1]
+        + struct.pack("<HBhH", 0x100D, 4, t, h)
+    )
+    return Payload({MIBEACON_UUID: data}, {}, {"temperature": t / 10, "humidity": h / 10})

@@ -43,6 +43,7 @@ class Kind(StrEnum):
     ATC1441 = "atc1441"
     GOVEE = "govee"
     THERMOPRO = "thermopro"
+    MIBEACON = "mibeacon"
     #: Random bytes under the UUIDs and company ids of the formats above.
     GARBAGE = "garbage"
     #: No data in its advertisements; temperature, humidity and battery over GATT.
@@ -102,6 +103,8 @@ class SimSensor:
                 payload = formats.govee_h5075(t, h, battery)
             case Kind.THERMOPRO:
                 payload = formats.thermopro_tp357(t, round(h))
+            case Kind.MIBEACON:
+                payload = formats.mibeacon_lywsdcgq(self.address, n, t, h)
             case Kind.GARBAGE | Kind.GATT:
                 payload = self._garbage()
         if payload.values:
@@ -154,6 +157,7 @@ def default_sensors() -> list[SimSensor]:
         SimSensor(Kind.THERMOPRO, "B8:59:CE:00:00:07", "TP357 (0007)", seed=7),
         SimSensor(Kind.GARBAGE, "DE:AD:BE:EF:00:08", "junk 0008", every=0.5, seed=8),
         SimSensor(Kind.GATT, "F0:F0:00:00:00:09", "GATT thermo 0009", seed=9),
+        SimSensor(Kind.MIBEACON, "4C:65:A8:00:00:0B", "MJ_HT_V1", seed=11),
     ]
 
 
