@@ -283,3 +283,33 @@ def test_passive_scanning_where_bluez_cannot_is_one_clear_line(
     log = gateway.log()
     assert log.count("passive scanning is not supported here") == 2, log  # driver + health
     assert "set scanning: active" in log
+
+
+def test_one_connection_slot_serves_the_good_gatt_sensor_between_a_hanging_ones_timeouts(
+    broker: MosquittoBroker, fleet: FleetSubscriber, gateways: list[GatewayProcess], tmp_path: Path
+):
+    good = "F0:F0:00:00:00:0C"
+    sensors = [
+        SimSensor(Kind.GATT, GATT, "GATT thermo 0009", seed=9),
+        SimSensor(Kind.GATT, good, "GATT thermo 000C", seed=12),
+    ]
+    with SimulatedBluetooth(sensors) as bt:
+        assert bt.simulator is not None
+        simulator = bt.simulator
+        bt.call(simulator.set_connect, GATT, "hang")
+        config = gateway_yaml(
+            broker.port,
+            tmp_path / "buffer.db",
+            buses=ble_bus(connect_timeout="1s", max_connections="1"),
+            devices=GATT_DEVICE
+            + f"- {{name: good, bus: radio, address: '{good}', interval: 1s, points: "
+            "[{name: battery, characteristic: '2a19', type: u8, unit: '%'}]}\n",
+        )
+        gateway = start_gateway(gateways, tmp_path, config, {"DBUS_SYSTEM_BUS_ADDRESS": bt.address})
+        assert fleet.wait_for(has_readings({"good": 3}), timeout=40), gateway.log()
+        assert bt.call(lambda: simulator.devices[GATT].connects) >= 2
+        # Never two connections at once: each of the good sensor's polls waited its turn.
+        assert bt.call(lambda: simulator.links.peak) == 1
+        assert not readings_of(fleet, "gatt")
+        assert gateway.stop() == 0
+    assert readings_of(fleet, "good")[-1]["values"]["battery"]["unit"] == "%"

@@ -9,7 +9,7 @@ simulator's, which sets the state and emits the changes."""
 # annotations at class creation.
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from dbus_fast import DBusError, Variant
@@ -116,6 +116,22 @@ class Adapter(ServiceInterface):
         return ["central", "peripheral"]
 
 
+class Links:
+    """Connections of all devices to the adapter, pending or made: how many now, and the most
+    at once (a controller has only a few slots)."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+
+    def opened(self) -> None:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+
+    def closed(self) -> None:
+        self.now -= 1
+
+
 #: Connect's behaviour: "ok", "fail" (an error at once) or "hang" (no answer until cancelled
 #: by Disconnect, as a device out of range leaves BlueZ's connect pending).
 ConnectBehaviour = str
@@ -124,8 +140,9 @@ ConnectBehaviour = str
 class Device(ServiceInterface):
     """``org.bluez.Device1``: properties the simulator changes to advertise, and Connect."""
 
-    def __init__(self, adapter_path: str, address: str, name: str) -> None:
+    def __init__(self, adapter_path: str, address: str, name: str, links: Links) -> None:
         super().__init__("org.bluez.Device1")
+        self.links = links
         self.adapter_path = adapter_path
         self.address = address
         # Not `name`: that is the interface's name in dbus-fast.
@@ -139,8 +156,6 @@ class Device(ServiceInterface):
         self.connect_behaviour: ConnectBehaviour = "ok"
         self.connects = 0
         self._cancel_connect = asyncio.Event()
-        #: Called with the new state after Connect and Disconnect.
-        self.on_connection: Callable[[bool], Awaitable[None] | None] = lambda _c: None
 
     def advertise(
         self, rssi: int, manufacturer_data: dict[int, bytes], service_data: dict[str, bytes]
@@ -165,9 +180,13 @@ class Device(ServiceInterface):
         self.connects += 1
         if self.connect_behaviour == "fail":
             raise DBusError(FAILED, "le-connection-abort-by-remote")
+        self.links.opened()
         if self.connect_behaviour == "hang":
             self._cancel_connect.clear()
-            await self._cancel_connect.wait()
+            try:
+                await self._cancel_connect.wait()
+            finally:
+                self.links.closed()
             raise DBusError(FAILED, "Operation canceled")
         self.connected = True
         self.emit_properties_changed({"Connected": True})
@@ -181,7 +200,7 @@ class Device(ServiceInterface):
             self.connected = False
             self.services_resolved = False
             self.emit_properties_changed({"ServicesResolved": False, "Connected": False})
-            self.on_connection(False)
+            self.links.closed()
 
     @dbus_property(access=PropertyAccess.READ, name="Address")
     def address_property(self) -> DBusStr:

@@ -13,9 +13,7 @@ import contextlib
 import math
 import random
 import struct
-import threading
 from collections.abc import Callable, Coroutine
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
@@ -27,7 +25,8 @@ from dbus_fast.aio import MessageBus
 
 from fieldgate_sim.bluez import formats
 from fieldgate_sim.bluez.bus import PrivateBus
-from fieldgate_sim.bluez.objects import Adapter, Device, GattCharacteristic, GattService
+from fieldgate_sim.bluez.objects import Adapter, Device, GattCharacteristic, GattService, Links
+from fieldgate_sim.modbus_server import _LoopThread
 
 _T = TypeVar("_T")
 
@@ -193,6 +192,7 @@ class BluezSimulator:
         self.adapter_path = f"/org/bluez/{adapter}"
         self.adapter = Adapter("00:1A:7D:DA:71:13")
         self.devices: dict[str, Device] = {}
+        self.links = Links()
         self._characteristics: list[GattCharacteristic] = []
         self._bus: MessageBus | None = None
         self._task: asyncio.Task[None] | None = None
@@ -209,7 +209,7 @@ class BluezSimulator:
 
     def _export_sensor(self, bus: MessageBus, sensor: SimSensor) -> None:
         path = _device_path(self.adapter_path, sensor.address)
-        device = Device(self.adapter_path, sensor.address, sensor.name)
+        device = Device(self.adapter_path, sensor.address, sensor.name, self.links)
         self.devices[sensor.address] = device
         bus.export(path, device)
         if sensor.kind is not Kind.GATT:
@@ -306,8 +306,7 @@ class SimulatedBluetooth:
         self._sensors = default_sensors() if sensors is None else sensors
         self._adapter = adapter
         self._bluez = bluez
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._loop_thread: _LoopThread | None = None
         self.simulator: BluezSimulator | None = None
 
     @property
@@ -320,11 +319,7 @@ class SimulatedBluetooth:
 
     def __enter__(self) -> Self:
         self._bus.start()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="simulated-bluez", daemon=True
-        )
-        self._thread.start()
+        self._loop_thread = _LoopThread("simulated-bluez")
         if self._bluez:
             self.start_bluez()
         return self
@@ -335,9 +330,8 @@ class SimulatedBluetooth:
         self.run(self.simulator.start())
 
     def run(self, coroutine: Coroutine[Any, Any, _T], timeout: float = 10.0) -> _T:
-        assert self._loop is not None
-        future: Future[_T] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        return future.result(timeout)
+        assert self._loop_thread is not None
+        return self._loop_thread.run(coroutine, timeout)
 
     def call(self, function: Callable[..., _T], *args: Any) -> _T:
         """``function(*args)`` on the simulator's thread (D-Bus objects are not thread-safe)."""
@@ -357,8 +351,6 @@ class SimulatedBluetooth:
             if self.simulator is not None:
                 self.run(self.simulator.stop())
         finally:
-            if self._loop is not None and self._thread is not None:
-                self._loop.call_soon_threadsafe(self._loop.stop)
-                self._thread.join(10)
-                self._loop.close()
+            if self._loop_thread is not None:
+                self._loop_thread.close()
             self._bus.stop()
