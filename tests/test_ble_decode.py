@@ -23,6 +23,7 @@ from drivers.ble.keys import bind_key_of
 from gateway.clock import SystemClock
 from gateway.config.loader import parse_config
 from gateway.errors import ConfigError, DeviceError, DeviceProtocolError
+from tests.harness import REPO, run_fieldgate
 
 ADDRESS = "54:48:E6:8F:80:A5"
 KEY = bytes.fromhex("231d39c1d7cc1ab1aee224cd096db932")
@@ -279,3 +280,11 @@ def test_the_driver_takes_any_advertisement_bytes_and_counts_each(adverts):
     # A bug in the callback would be caught there and counted as a rejection too: none was.
     assert adapter.decoded + adapter.rejected == configured
     assert adapter.faults == 0
+
+
+def test_an_inline_bind_key_is_refused_without_echoing_it():
+    case = REPO / "tests" / "config_cases" / "ble_inline_bind_key" / "config.yaml"
+    result = run_fieldgate("check", str(case))
+    assert result.returncode == 78
+    assert "did you mean 'bind_key_file'" in result.stderr
+    assert "231d39c1" not in result.stderr

@@ -52,8 +52,9 @@ GATT_DEVICE = f"""\
 
 
 def ble_bus(**extra: str) -> str:
-    lines = "".join(f"  {key}: {value}\n" for key, value in extra.items())
-    return f"- name: radio\n  type: ble\n  adapter: hci0\n{lines}"
+    keys = {"adapter": "hci0", **extra}
+    lines = "".join(f"  {key}: {value}\n" for key, value in keys.items())
+    return f"- name: radio\n  type: ble\n{lines}"
 
 
 def readings_of(fleet: FleetSubscriber, device: str) -> list[dict[str, Any]]:
@@ -265,24 +266,37 @@ def test_adapter_trouble_is_reported_once_and_scanning_resumes_while_modbus_goes
     assert "Traceback" not in log, log
 
 
-def test_passive_scanning_where_bluez_cannot_is_one_clear_line(
-    broker: MosquittoBroker, gateways: list[GatewayProcess], tmp_path: Path
+@pytest.mark.parametrize(
+    "case",
+    [
+        # The simulated BlueZ has no advertisement monitor (AdvertisementMonitorManager1), like
+        # a BlueZ before 5.56 or without --experimental.
+        ({"scanning": "passive"}, None, "passive scanning is not supported here"),
+        ({"adapter": "hci1"}, None, "adapter hci1 not found (bluetoothctl list"),
+        ({}, "unix:path=/nonexistent/system_bus_socket", "no D-Bus system bus"),
+    ],
+)
+def test_an_adapter_that_cannot_scan_is_one_clear_line(
+    broker: MosquittoBroker,
+    gateways: list[GatewayProcess],
+    tmp_path: Path,
+    case: tuple[dict[str, str], str | None, str],
 ):
-    # The simulated BlueZ has no advertisement monitor (AdvertisementMonitorManager1), like a
-    # BlueZ before 5.56 or without --experimental.
+    bus, bus_address, line = case
     with SimulatedBluetooth([SimSensor(Kind.BTHOME, PLAIN, "BTHome 0001", seed=1)]) as bt:
         config = gateway_yaml(
             broker.port,
             tmp_path / "buffer.db",
-            buses=ble_bus(scanning="passive", retry_max="1s"),
+            buses=ble_bus(retry_max="1s", **bus),
             devices=f"- {{name: plain, bus: radio, address: '{PLAIN}'}}\n",
         )
-        gateway = start_gateway(gateways, tmp_path, config, {"DBUS_SYSTEM_BUS_ADDRESS": bt.address})
+        env = {"DBUS_SYSTEM_BUS_ADDRESS": bus_address or bt.address}
+        gateway = start_gateway(gateways, tmp_path, config, env)
         assert gateway.wait_for_log("device plain failed", timeout=20), gateway.log()
         assert gateway.stop() == 0
     log = gateway.log()
-    assert log.count("passive scanning is not supported here") == 2, log  # driver + health
-    assert "set scanning: active" in log
+    assert log.count(f"BLE bus radio: {line}") == 1, log
+    assert "Traceback" not in log, log
 
 
 def test_one_connection_slot_serves_the_good_gatt_sensor_between_a_hanging_ones_timeouts(
