@@ -111,3 +111,18 @@ def test_read_polls_a_gatt_sensor_now_and_explains_an_advertiser(tmp_path: Path)
     assert float(rows["battery"][0]) == sent[-1]["battery"]
     assert ruuvi.returncode == 69
     assert "not read on demand" in ruuvi.stderr
+
+
+def test_scan_of_a_ble_bus_named_in_the_config_listens_on_its_adapter(tmp_path: Path):
+    config = tmp_path / "fieldgate.yaml"
+    config.write_text(
+        "gateway: {id: gw}\nmqtt: {host: 127.0.0.1}\nbuffer: {path: /var/lib/fieldgate/b.db}\n"
+        "buses: [{name: lan, type: modbus_tcp, host: 127.0.0.1}, {name: radio, type: ble}]\n"
+        "devices: [{name: m, bus: lan, points: [{name: v, address: 0, type: u16}]}]\n"
+    )
+    sensors = [SimSensor(Kind.PVVX, "A4:C1:38:00:00:04", "ATC_000004", seed=4)]
+    with SimulatedBluetooth(sensors) as bt:
+        result = scan(bt.address, "-c", str(config), "radio", "--seconds", "1")
+    assert result.returncode == 0, result.stderr
+    assert "A4:C1:38:00:00:04" in result.stdout
+    assert "bus: radio" in result.stdout
