@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -288,3 +290,18 @@ def test_an_inline_bind_key_is_refused_without_echoing_it():
     assert result.returncode == 78
     assert "did you mean 'bind_key_file'" in result.stderr
     assert "231d39c1" not in result.stderr
+
+
+def test_checking_a_config_with_a_ble_bus_imports_no_ble_library():
+    # The catalog names the BLE driver by module path: validating a config (what `check` and
+    # the start of `run` do) must not pull in bleak, D-Bus or the parsers.
+    probe = (
+        "import sys; from pathlib import Path; from gateway.config.loader import load_config; "
+        "load_config(Path('examples/demo.yaml')); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'bleak', 'dbus_fast', 'bthome_ble', 'habluetooth', 'sensor_state_data'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -257,6 +257,7 @@ class BluezSimulator:
     async def _advertise(self) -> None:
         loop = asyncio.get_running_loop()
         due = {address: loop.time() + i * 0.01 for i, address in enumerate(self.sensors)}
+        notify_due = loop.time()
         while True:
             now = loop.time()
             for address, sensor in self.sensors.items():
@@ -273,9 +274,11 @@ class BluezSimulator:
                 else:
                     device.advertise(rssi, payload.manufacturer_data, payload.service_data)
                 self.adverts += 1
-            for characteristic in self._characteristics:
-                characteristic.notify()
-            await asyncio.sleep(max(0.005, min(due.values()) - loop.time()))
+            if now >= notify_due:  # a notifying characteristic sends once a second
+                notify_due = now + 1.0
+                for characteristic in self._characteristics:
+                    characteristic.notify()
+            await asyncio.sleep(max(0.005, min([*due.values(), notify_due]) - loop.time()))
 
     # Faults.
     def vanish(self, address: str) -> None:
