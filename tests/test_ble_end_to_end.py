@@ -269,21 +269,22 @@ def test_adapter_trouble_is_reported_once_and_scanning_resumes_while_modbus_goes
 @pytest.mark.parametrize(
     "case",
     [
-        # The simulated BlueZ has no advertisement monitor (AdvertisementMonitorManager1), like
-        # a BlueZ before 5.56 or without --experimental.
-        ({"scanning": "passive"}, None, "passive scanning is not supported here"),
-        ({"adapter": "hci1"}, None, "adapter hci1 not found (bluetoothctl list"),
-        ({}, "unix:path=/nonexistent/system_bus_socket", "no D-Bus system bus"),
+        # An adapter without an advertisement monitor (AdvertisementMonitorManager1), like a
+        # BlueZ before 5.56 or without --experimental.
+        ({"scanning": "passive"}, None, "passive scanning is not supported here", False),
+        ({"adapter": "hci1"}, None, "adapter hci1 not found (bluetoothctl list", True),
+        ({}, "unix:path=/nonexistent/system_bus_socket", "no D-Bus system bus", True),
     ],
 )
 def test_an_adapter_that_cannot_scan_is_one_clear_line(
     broker: MosquittoBroker,
     gateways: list[GatewayProcess],
     tmp_path: Path,
-    case: tuple[dict[str, str], str | None, str],
+    case: tuple[dict[str, str], str | None, str, bool],
 ):
-    bus, bus_address, line = case
-    with SimulatedBluetooth([SimSensor(Kind.BTHOME, PLAIN, "BTHome 0001", seed=1)]) as bt:
+    bus, bus_address, line, monitors = case
+    sensors = [SimSensor(Kind.BTHOME, PLAIN, "BTHome 0001", seed=1)]
+    with SimulatedBluetooth(sensors, monitors=monitors) as bt:
         config = gateway_yaml(
             broker.port,
             tmp_path / "buffer.db",

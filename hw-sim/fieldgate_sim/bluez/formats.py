@@ -22,6 +22,7 @@ ATC_UUID = uuid16(0x181A)
 MIBEACON_UUID = uuid16(0xFE95)
 RUUVI_COMPANY = 0x0499
 GOVEE_COMPANY = 0xEC88
+APPLE_COMPANY = 0x004C
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,3 +160,12 @@ def mibeacon_lywsdcgq(address: str, counter: int, temperature: float, humidity: 
         + struct.pack("<HBhH", 0x100D, 4, t, h)
     )
     return Payload({MIBEACON_UUID: data}, {}, {"temperature": t / 10, "humidity": h / 10})
+
+
+def ibeacon(minor: int) -> Payload:
+    """An iBeacon (Apple's proximity beacon): manufacturer data of company 0x004C, type 0x02,
+    length 0x15, a 16-byte proximity UUID, major and minor u16 big-endian, measured power i8.
+    It carries no measurement."""
+    uuid = bytes.fromhex("f7826da64fa24e988024bc5b71e0893e")
+    frame = b"\x02\x15" + uuid + struct.pack(">HHb", 1, minor & 0xFFFF, -59)
+    return Payload({}, {APPLE_COMPANY: frame}, {})

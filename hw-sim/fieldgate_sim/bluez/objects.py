@@ -155,12 +155,15 @@ class Device(ServiceInterface):
         self.services_resolved = False
         self.connect_behaviour: ConnectBehaviour = "ok"
         self.connects = 0
+        #: Advertisements passed on to D-Bus clients (changes of its properties emitted).
+        self.adverts = 0
         self._cancel_connect = asyncio.Event()
 
     def advertise(
         self, rssi: int, manufacturer_data: dict[int, bytes], service_data: dict[str, bytes]
     ) -> None:
         """One advertisement: what BlueZ emits when it hears one (bleak sees changes only)."""
+        self.adverts += 1
         self.rssi = rssi
         changed: dict[str, Any] = {"RSSI": rssi}
         if manufacturer_data:

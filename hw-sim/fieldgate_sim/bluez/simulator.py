@@ -25,6 +25,7 @@ from dbus_fast.aio import MessageBus
 
 from fieldgate_sim.bluez import formats
 from fieldgate_sim.bluez.bus import PrivateBus
+from fieldgate_sim.bluez.monitor import Monitor, Monitors, advertising_data
 from fieldgate_sim.bluez.objects import Adapter, Device, GattCharacteristic, GattService, Links
 from fieldgate_sim.modbus_server import _LoopThread
 
@@ -47,6 +48,9 @@ class Kind(StrEnum):
     GARBAGE = "garbage"
     #: No data in its advertisements; temperature, humidity and battery over GATT.
     GATT = "gatt"
+    #: An iBeacon (Apple's manufacturer data): nothing the gateway reads, and nothing the
+    #: gateway's passive-scan patterns let through.
+    IBEACON = "ibeacon"
 
 
 #: GATT: Environmental Sensing (0x181A) with temperature (0x2A6E, i16 0.01 °C, read and
@@ -104,6 +108,8 @@ class SimSensor:
                 payload = formats.thermopro_tp357(t, round(h))
             case Kind.MIBEACON:
                 payload = formats.mibeacon_lywsdcgq(self.address, n, t, h)
+            case Kind.IBEACON:
+                payload = formats.ibeacon(n)
             case Kind.GARBAGE | Kind.GATT:
                 payload = self._garbage()
         if payload.values:
@@ -184,9 +190,18 @@ def _device_path(adapter_path: str, address: str) -> str:
 
 
 class BluezSimulator:
-    """The simulated ``org.bluez`` service on the bus at ``bus_address``."""
+    """The simulated ``org.bluez`` service on the bus at ``bus_address``. With ``monitors`` the
+    adapter has BlueZ's advertisement monitor (passive scanning, :mod:`.monitor`); without, it
+    is a BlueZ before 5.56 or without ``--experimental``."""
 
-    def __init__(self, sensors: list[SimSensor], bus_address: str, adapter: str = "hci0") -> None:
+    def __init__(
+        self,
+        sensors: list[SimSensor],
+        bus_address: str,
+        adapter: str = "hci0",
+        *,
+        monitors: bool = True,
+    ) -> None:
         self.sensors = {sensor.address: sensor for sensor in sensors}
         self._bus_address = bus_address
         self.adapter_path = f"/org/bluez/{adapter}"
@@ -196,12 +211,17 @@ class BluezSimulator:
         self._characteristics: list[GattCharacteristic] = []
         self._bus: MessageBus | None = None
         self._task: asyncio.Task[None] | None = None
+        self._with_monitors = monitors
+        self.monitors: Monitors | None = None
         self.adverts = 0
 
     async def start(self) -> None:
         bus = await MessageBus(bus_address=self._bus_address, bus_type=BusType.SYSTEM).connect()
         self._bus = bus
         bus.export(self.adapter_path, self.adapter)
+        if self._with_monitors:
+            self.monitors = Monitors(bus, self.adapter_path)
+            self.monitors.export()
         for sensor in self.sensors.values():
             self._export_sensor(bus, sensor)
         await bus.request_name("org.bluez")
@@ -248,6 +268,8 @@ class BluezSimulator:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self.monitors is not None:
+            await self.monitors.close()
         if self._bus is not None:
             self._bus.disconnect()
             # It ends with the error that closed the socket (our own disconnect).
@@ -264,26 +286,43 @@ class BluezSimulator:
                 if due[address] > now:
                     continue
                 due[address] = now + sensor.every
-                if sensor.silent or not self.adapter.discovering:
-                    continue
-                payload = sensor.payload() if sensor.kind is not Kind.GATT else None
-                device = self.devices[address]
-                rssi = -55 - sensor.rng.randrange(30)
-                if payload is None:
-                    device.advertise(rssi, {}, {})
-                else:
-                    device.advertise(rssi, payload.manufacturer_data, payload.service_data)
-                self.adverts += 1
+                if not sensor.silent:
+                    self._advertise_once(sensor)
             if now >= notify_due:  # a notifying characteristic sends once a second
                 notify_due = now + 1.0
                 for characteristic in self._characteristics:
                     characteristic.notify()
             await asyncio.sleep(max(0.005, min([*due.values(), notify_due]) - loop.time()))
 
+    def _advertise_once(self, sensor: SimSensor) -> None:
+        """One advertisement, passed on as BlueZ does: to discovery sessions, and to the
+        monitors (passive scanners) whose patterns it matches."""
+        monitors = self.monitors.active if self.monitors is not None else []
+        if not self.adapter.powered or not (self.adapter.discovering or monitors):
+            return
+        payload = sensor.payload() if sensor.kind is not Kind.GATT else None
+        device = self.devices[sensor.address]
+        service_data = payload.service_data if payload else {}
+        manufacturer_data = payload.manufacturer_data if payload else {}
+        matched: list[Monitor] = []
+        if self.monitors is not None and monitors:
+            structures = advertising_data(
+                sensor.name, service_data, manufacturer_data, device.uuids
+            )
+            matched = self.monitors.matching(structures)
+        if not (self.adapter.discovering or matched):
+            return
+        device.advertise(-55 - sensor.rng.randrange(30), manufacturer_data, service_data)
+        self.adverts += 1
+        if self.monitors is not None:
+            self.monitors.report_found(matched, _device_path(self.adapter_path, sensor.address))
+
     # Faults.
     def vanish(self, address: str) -> None:
         """The sensor stops advertising (a flat battery, out of range)."""
         self.sensors[address].silent = True
+        if self.monitors is not None:
+            self.monitors.report_lost(_device_path(self.adapter_path, address))
 
     def reappear(self, address: str) -> None:
         self.sensors[address].silent = False
@@ -300,15 +339,22 @@ class SimulatedBluetooth:
     """``with SimulatedBluetooth(sensors) as bt:`` a private system bus at ``bt.address`` with
     the simulated BlueZ on it, run on a thread of its own so a test can drive faults
     (``bt.call(bt.simulator.vanish, address)``) while a gateway process listens. With
-    ``bluez=False`` the bus has no BlueZ on it at all."""
+    ``bluez=False`` the bus has no BlueZ on it at all; with ``monitors=False`` its adapter has
+    no advertisement monitor (passive scanning is refused)."""
 
     def __init__(
-        self, sensors: list[SimSensor] | None = None, adapter: str = "hci0", *, bluez: bool = True
+        self,
+        sensors: list[SimSensor] | None = None,
+        adapter: str = "hci0",
+        *,
+        bluez: bool = True,
+        monitors: bool = True,
     ) -> None:
         self._bus = PrivateBus()
         self._sensors = default_sensors() if sensors is None else sensors
         self._adapter = adapter
         self._bluez = bluez
+        self._monitors = monitors
         self._loop_thread: _LoopThread | None = None
         self.simulator: BluezSimulator | None = None
 
@@ -329,7 +375,9 @@ class SimulatedBluetooth:
 
     def start_bluez(self) -> None:
         """Start BlueZ on the bus (for a test that begins with none)."""
-        self.simulator = BluezSimulator(self._sensors, self._bus.address, self._adapter)
+        self.simulator = BluezSimulator(
+            self._sensors, self._bus.address, self._adapter, monitors=self._monitors
+        )
         self.run(self.simulator.start())
 
     def run(self, coroutine: Coroutine[Any, Any, _T], timeout: float = 10.0) -> _T:
