@@ -33,8 +33,12 @@ from fieldgate_sim.bluez.simulator import Kind, SimSensor, SimulatedBluetooth
 from fieldgate_sim.fleet import FleetSubscriber
 from fieldgate_sim.mosquitto import MosquittoBroker
 
-from drivers.ble.driver import PASSIVE_PATTERNS
+from drivers.ble.config import BleDevice
+from drivers.ble.driver import PASSIVE_PATTERNS, ConnectionBudget
+from drivers.ble.gatt import GattDevice
+from gateway.errors import DeviceUnreachable
 from tests.harness import GatewayProcess, gateway_yaml, start_gateway, wait_until
+from tests.manual_clock import ManualClock
 from tests.test_ble_end_to_end import (
     PLAIN,
     PVVX,
@@ -264,3 +268,29 @@ async def test_the_monitor_api_behaves_as_bluez_documents_it_for_any_client():
         assert wait_until(
             lambda: bt.call(lambda: not (simulator.monitors and simulator.monitors.active)), 5
         )
+
+
+async def test_a_gatt_device_unheard_by_a_passive_scan_is_reported_with_the_fix():
+    """A GATT sensor's adverts match none of the driver's patterns, so a passive scan never
+    hears it (as the simulated BlueZ shows above): its poll says what to change."""
+    config = BleDevice.model_validate(
+        {
+            "name": "gatt",
+            "bus": "radio",
+            "address": GATT,
+            "points": [{"name": "battery", "characteristic": "2a19", "type": "u8"}],
+        }
+    )
+    heard: dict[str, BLEDevice] = {}  # the scan heard nothing of it
+    device = GattDevice(
+        config,
+        "hci0",
+        ConnectionBudget(1),
+        heard.get,
+        lambda: True,
+        ManualClock(0.0),
+        1.0,
+        passive=True,
+    )
+    with pytest.raises(DeviceUnreachable, match="set scanning: active for GATT devices"):
+        await device.read()

@@ -155,6 +155,7 @@ class BleAdapter:
                 lambda: self._scanning,
                 clock,
                 bus.connect_timeout,
+                passive=bus.scanning is ScanningMode.PASSIVE,
             )
             for d in devices
             if d.is_gatt

@@ -73,6 +73,8 @@ class GattDevice:
         scanning: Callable[[], bool],
         clock: Clock,
         connect_timeout: float,
+        *,
+        passive: bool = False,
     ) -> None:
         assert config.address is not None  # the config requires it for GATT
         self._config = config
@@ -83,6 +85,7 @@ class GattDevice:
         self._scanning = scanning
         self._clock = clock
         self._timeout = connect_timeout
+        self._passive = passive
 
     @property
     def name(self) -> str:
@@ -93,9 +96,15 @@ class GattDevice:
         if device is None and not self._scanning():
             device = await self._look_for_it()
         if device is None:
+            why = (
+                # BlueZ's advertisement monitor passes on only what matches its patterns.
+                "a passive scan hears only advertisements in the formats fieldgate decodes; "
+                "set scanning: active for GATT devices"
+                if self._passive
+                else "out of range, or the adapter does not scan"
+            )
             raise DeviceUnreachable(
-                f"{self._address} is not advertising on {self._adapter} (out of range, or "
-                "the adapter does not scan)"
+                f"{self._address} is not advertising on {self._adapter} ({why})"
             )
         async with self._budget.slot():
             client = BleakClient(device, timeout=self._timeout, bluez={"adapter": self._adapter})
