@@ -300,3 +300,18 @@ class BleBus(BusBase):
     )
 
     device_model = BleDevice
+
+    def cannot_reach(self, device: DeviceBase) -> str | None:
+        # BlueZ's advertisement monitor passes on only advertisements matching the decoded
+        # formats' patterns: a GATT device is never heard, so it could never be connected.
+        if (
+            self.scanning is ScanningMode.PASSIVE
+            and isinstance(device, BleDevice)
+            and device.is_gatt
+        ):
+            return (
+                f"bus {self.name!r} scans passively, which never hears a GATT device (only "
+                "advertisements in the formats fieldgate decodes); set `scanning: active` on "
+                "the bus, or put GATT devices on an active bus"
+            )
+        return None

@@ -421,3 +421,9 @@ class BusBase(StrictModel):
 
     #: The device model this kind of bus reaches; the config checks every device against it.
     device_model: ClassVar[type[DeviceBase]] = DeviceBase
+
+    def cannot_reach(self, device: DeviceBase) -> str | None:
+        """Why this bus, as configured, can never reach ``device`` (one of its kind), for
+        ``check`` to refuse it at the device's ``bus:`` line; None if it can. Drivers whose
+        bus settings rule out some devices override it."""
+        return None

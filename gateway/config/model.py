@@ -250,6 +250,8 @@ class GatewayConfig(StrictModel):
                         "of device",
                     )
                 )
+            elif (why := bus.cannot_reach(device)) is not None:
+                problems.append((("devices", index, "bus"), why))
         return problems
 
     def devices_on(self, bus_name: str) -> list[DeviceConfig]:
