@@ -69,13 +69,14 @@ def reading_from_values(device: str, read_at_ms: int, values: tuple[PointValue, 
 
     JSON has no NaN or infinity, and a meter that reports NaN means "no value": both become null.
     """
-    cleaned: list[PointValue] = []
-    quality = Quality.GOOD
-    for point in values:
-        value = point.value
-        if value is None or (isinstance(value, float) and not math.isfinite(value)):
-            cleaned.append(PointValue(point.name, None, point.unit))
-            quality = Quality.PARTIAL
-        else:
-            cleaned.append(point)
-    return Reading(device=device, read_at_ms=read_at_ms, values=tuple(cleaned), quality=quality)
+    if all(_is_value(point.value) for point in values):
+        return Reading(device=device, read_at_ms=read_at_ms, values=values)
+    cleaned = tuple(
+        point if _is_value(point.value) else PointValue(point.name, None, point.unit)
+        for point in values
+    )
+    return Reading(device=device, read_at_ms=read_at_ms, values=cleaned, quality=Quality.PARTIAL)
+
+
+def _is_value(value: float | int | str | None) -> bool:
+    return value is not None and (not isinstance(value, float) or math.isfinite(value))

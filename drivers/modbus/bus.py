@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Self
 
 from drivers.modbus.config import ModbusDevice, ModbusPoint, RegisterType
-from drivers.modbus.decode import decode_point
+from drivers.modbus.decode import BlockDecoder, decode_point
 from drivers.modbus.link import MalformedAnswer, ModbusExceptionError, ModbusLink
 from drivers.modbus.pdu import (
     FunctionCode,
@@ -183,7 +183,7 @@ class ModbusBus:
             decoded: dict[str, int | float | str | None] = {}
             missing: dict[str, str] = dict(device.refused)
             clean = True
-            for request in device.requests:
+            for request, decoder in device.planned:
                 try:
                     data = await self._guarded(slave, config.unit_id, request, retry=not probing)
                 except ModbusExceptionError as exc:
@@ -197,11 +197,11 @@ class ModbusBus:
                     missing.update((p.name, str(exc)) for p in request.points)
                     clean = False
                     continue
-                decoded.update(_decode_block(request, data))
+                decoded.update(decoder(data) if decoder else _decode_block(request, data))
             slave.backoff.succeeded()
             if clean:
                 slave.in_malformed_episode = False
-        values = [PointValue(p.name, decoded.get(p.name), p.unit) for p in config.points]
+        values = [PointValue(name, decoded.get(name), unit) for name, unit in device.layout]
         if not decoded and missing:
             raise DeviceProtocolError(
                 f"unit {config.unit_id} on {self.describe}: no point could be read: "
@@ -341,6 +341,20 @@ def _decode_block(request: ReadRequest, data: bytes) -> dict[str, int | float | 
     return {p.name: decode_point(p, request.registers_of(p, registers)) for p in request.points}
 
 
+def _with_decoders(
+    requests: Sequence[ReadRequest],
+) -> list[tuple[ReadRequest, BlockDecoder | None]]:
+    return [
+        (
+            request,
+            None
+            if request.register_type in {RegisterType.COIL, RegisterType.DISCRETE_INPUT}
+            else BlockDecoder(request.address, request.points),
+        )
+        for request in requests
+    ]
+
+
 class ModbusPolledDevice:
     """One Modbus device, with its read requests planned once at start (and again when the
     meter refuses part of them)."""
@@ -352,9 +366,18 @@ class ModbusPolledDevice:
         #: When (monotonic) the meter first refused a point since they were last asked again.
         self._refused_since: float | None = None
         self._gaps_allowed = True
-        self._requests = self._plan()
+        #: Name and unit of each point, in the config's order (the reading's order).
+        self.layout = tuple((point.name, point.unit) for point in config.points)
+        self._requests: list[ReadRequest] = []
+        #: Each request with the decoder of its answer (None for bit tables).
+        self.planned: list[tuple[ReadRequest, BlockDecoder | None]] = []
+        self._replan()
         #: Why each missing value of the last reading is missing (``fieldgate read`` shows it).
         self.last_missing: dict[str, str] = {}
+
+    def _replan(self) -> None:
+        self._requests = self._plan()
+        self.planned = _with_decoders(self._requests)
 
     def _plan(self) -> list[ReadRequest]:
         wanted = [p for p in self.config.points if p.name not in self.refused]
@@ -370,13 +393,13 @@ class ModbusPolledDevice:
         self.refused[point.name] = reason
         if self._refused_since is None:
             self._refused_since = self._bus.clock.monotonic()
-        self._requests = self._plan()
+        self._replan()
 
     def forbid_gaps(self) -> None:
         self._gaps_allowed = False
         if self._refused_since is None:
             self._refused_since = self._bus.clock.monotonic()
-        self._requests = self._plan()
+        self._replan()
 
     def _ask_refused_again_if_due(self) -> None:
         """After ``ASK_REFUSED_AGAIN_AFTER`` a meter's refusals are forgotten and the original
@@ -394,7 +417,7 @@ class ModbusPolledDevice:
         self.refused.clear()
         self._gaps_allowed = True
         self._refused_since = None
-        self._requests = self._plan()
+        self._replan()
 
     @property
     def name(self) -> str:
