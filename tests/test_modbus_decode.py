@@ -163,6 +163,13 @@ def test_gap_splits_unless_allowed():
     assert (merged.address, merged.count) == (0, 12)
 
 
+def test_a_request_never_reads_across_a_refused_register():
+    points = [point("a", 0, "u16"), point("b", 2, "u16"), point("c", 6, "u16")]
+    refused = {(RegisterType.HOLDING, 4)}
+    requests = plan_requests(points, max_gap=10, avoid=refused)
+    assert [(r.address, r.count) for r in requests] == [(0, 3), (6, 1)]
+
+
 def test_tables_are_never_mixed():
     points = [point("a", 0, "u16", "holding"), point("b", 1, "u16", "input")]
     requests = plan_requests(points)

@@ -208,6 +208,26 @@ async def test_a_refused_gap_is_not_read_across_again(meters):
         assert meters.requests_received(1) - before == 2
 
 
+async def test_without_max_gap_the_fewest_requests_are_learned(meters):
+    # Points at 0, 4 and 5 and no max_gap in the config: read across the unused registers in
+    # one request; this meter refuses 1..3, so the gap is learned and not read across again.
+    points = [{"name": n, "address": a, "type": "u16"} for n, a in (("a", 0), ("b", 4), ("c", 5))]
+    async with open_modbus_tcp_bus(
+        bus_config(meters.port), [device("m", 1, points)], SystemClock()
+    ) as lan:
+        (meter,) = lan.devices
+        assert [(r.address, r.count) for r in meter.requests] == [(0, 6)]
+        before = meters.requests_received(1)
+        assert values(await meter.read()) == [11, 0, 0]
+        assert meters.requests_received(1) - before == 1
+        meters.set_faults(1, Faults(refuse=[("holding", 1, 3)]))
+        assert values(await meter.read()) == [11, 0, 0]
+        assert [(r.address, r.count) for r in meter.requests] == [(0, 1), (4, 2)]
+        before = meters.requests_received(1)
+        assert values(await meter.read()) == [11, 0, 0]
+        assert meters.requests_received(1) - before == 2
+
+
 async def test_refused_points_are_asked_again_after_a_while(meters):
     points = [{"name": f"r{a}", "address": a, "type": "u16"} for a in range(4)]
     meters.set_faults(2, Faults(refuse=[("holding", 2, 3)]))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-from drivers.modbus.config import ModbusDevice, ModbusPoint, RegisterType
+from drivers.modbus.config import MAX_REGISTERS_PER_READ, ModbusDevice, ModbusPoint, RegisterType
 from drivers.modbus.decode import BlockDecoder, decode_point
 from drivers.modbus.link import MalformedAnswer, ModbusExceptionError, ModbusLink
 from drivers.modbus.pdu import (
@@ -381,13 +381,27 @@ class ModbusPolledDevice:
 
     def _plan(self) -> list[ReadRequest]:
         wanted = [p for p in self.config.points if p.name not in self.refused]
-        # The meter allows reading across max_gap unused registers; on a serial line that is
-        # done only where it saves wire time.
+        refused = {
+            (p.register_type, address)
+            for p in self.config.points
+            if p.name in self.refused
+            for address in range(p.address, p.address + p.register_count)
+        }
+        # Without a max_gap from the config or its template, read across unused registers
+        # (up to a whole request) and learn what this meter refuses: a refused block is split
+        # (see ModbusBus._split_refused), its refused points are never read across, and a
+        # meter that refuses the gaps themselves is read without gaps from then on. On a
+        # serial line a gap is read across only where that saves wire time.
+        learning = "max_gap" not in self.config.model_fields_set
+        max_gap = MAX_REGISTERS_PER_READ if learning else self.config.max_gap
         worth = self._bus.link.gap_worth_registers
-        max_gap = self.config.max_gap if worth is None else min(self.config.max_gap, worth)
+        if worth is not None:
+            max_gap = min(max_gap, worth)
         if not self._gaps_allowed:
             max_gap = 0
-        return plan_requests(wanted, max_gap=max_gap, max_registers=self.config.max_block)
+        return plan_requests(
+            wanted, max_gap=max_gap, max_registers=self.config.max_block, avoid=refused
+        )
 
     def refuse(self, point: ModbusPoint, reason: str) -> None:
         self.refused[point.name] = reason

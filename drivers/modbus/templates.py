@@ -120,5 +120,7 @@ def expand_template(data: object) -> object:
     expanded = dict(data)
     expanded["points"] = merged + own
     expanded.setdefault("max_block", template.max_block)
-    expanded.setdefault("max_gap", template.max_gap)
+    if "max_gap" in template.model_fields_set:
+        # A template that says nothing of gaps leaves the driver to learn them.
+        expanded.setdefault("max_gap", template.max_gap)
     return expanded
