@@ -85,28 +85,52 @@ class _Wire(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.buffer = bytearray()
-        self.changed = asyncio.Event()
         self.closed: str | None = None
         self.last_rx = 0.0
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
+        #: The transaction waiting for bytes or the end of the connection, if one is.
+        self._waiter: asyncio.Future[None] | None = None
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         # A flood of garbage must not grow without bound; what is cut is garbage anyway.
         if len(self.buffer) > 4 * MAX_RTU_FRAME:
             del self.buffer[:-MAX_RTU_FRAME]
-        self.last_rx = self._loop.time()
-        self.changed.set()
+        self.last_rx = self.loop.time()
+        self._wake()
 
     def eof_received(self) -> bool:
         self.closed = "the peer closed the connection"
-        self.changed.set()
+        self._wake()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed is None:
             self.closed = f"connection lost ({exc})" if exc else "the connection was closed"
-        self.changed.set()
+        self._wake()
+
+    async def changed(self, deadline: float) -> None:
+        """Return once bytes arrive or the connection ends, or at ``deadline`` (loop time).
+        One future and one timer a wait, made on the loop this wire belongs to: a poll of a
+        meter waits here once per request, so asyncio.timeout and an Event (which look the
+        running loop up again, a getpid() system call each time) cost too much here."""
+        waiter = self.loop.create_future()
+        self._waiter = waiter
+        timer = self.loop.call_at(deadline, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            _wake(self._waiter)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 #: Opens the transport with the given protocol factory (``loop.create_connection``'s shape).
@@ -166,7 +190,7 @@ class ModbusLink:
         :class:`DeviceUnreachable`, :class:`ModbusExceptionError` or :class:`MalformedAnswer`."""
         async with self._lock:
             wire = await self._connected()
-            loop = asyncio.get_running_loop()
+            loop = wire.loop
             if self._framing is Framing.RTU:
                 await self._quiet(wire, loop)
                 frame = rtu_frame(unit, request.pdu)
@@ -212,12 +236,7 @@ class ModbusLink:
                         f"{self.describe}: unit {unit}: no valid answer within the timeout "
                         f"({self._timeout:g}s)"
                     )
-                wire.changed.clear()
-                try:
-                    async with asyncio.timeout(remaining):
-                        await wire.changed.wait()
-                except TimeoutError:
-                    pass
+                await wire.changed(deadline)
                 continue
             if self._is_late(frame, unit, request):
                 self.counters.late_answers += 1
