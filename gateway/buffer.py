@@ -762,6 +762,10 @@ def _decode_points(point_values: str) -> tuple[PointValue, ...]:
     return tuple(points)
 
 
+#: Committed readings kept for the uplink to take without reading them back (see
+#: Buffer.oldest): a few seconds of a large site; beyond it the uplink reads the file.
+_RECENT_MAX = 1024
+
 #: Condition events held in memory for the uplink; beyond this the oldest go (they describe
 #: transitions, and the newest says how things are now).
 _VOLATILE_EVENTS_MAX = 64
@@ -817,6 +821,14 @@ class Buffer:
         self.groups_committed = 0
         self.readings_committed = 0
         self._flusher: asyncio.Task[None] | None = None
+        #: The newest committed readings, for the uplink to take without reading them back
+        #: (see :meth:`oldest`); every readable row from ``_recent_from`` on is in it.
+        self._recent: collections.deque[BufferedReading] = collections.deque()
+        self._recent_from: int | None = None
+        #: The seq the next commit gives when no one else writes to the file.
+        self._recent_next: int | None = None
+        self._recent_store: ReadingStore | None = None
+        self._recent_events = 0
         self._events_check = True
         self._events_seen = 0
 
@@ -929,7 +941,66 @@ class Buffer:
     async def oldest(
         self, after_seq: int, limit: int, through_seq: int | None = None
     ) -> list[BufferedReading]:
+        """See :meth:`ReadingStore.oldest`. The live readings the uplink asks for (newer
+        than ``after_seq``, no ``through_seq``) come from memory when every one of them is
+        still there: committed, in seq order, the same rows the file would give back, without
+        reading and decoding them again on the buffer's thread."""
+        if through_seq is None:
+            recent = self._recent_after(after_seq, limit)
+            if recent is not None:
+                return recent
         return await self._on_store(lambda s: s.oldest(after_seq, limit, through_seq))
+
+    def _recent_after(self, after_seq: int, limit: int) -> list[BufferedReading] | None:
+        if not self._recent_valid():
+            self._forget_recent()
+            return None
+        if self._recent_from is None or after_seq + 1 < self._recent_from:
+            return None
+        recent = self._recent
+        while recent and recent[0].seq <= after_seq:
+            recent.popleft()  # taken already: the uplink reads forward only
+        self._recent_from = after_seq + 1
+        return [recent[i] for i in range(min(limit, len(recent)))]
+
+    def _remember(self, seqs: Sequence[int], readings: Sequence[Reading]) -> None:
+        """After a commit: keep its readings for :meth:`oldest` (at most _RECENT_MAX)."""
+        if not self._recent_valid():
+            # An event was recorded (rows dropped by the limits, maybe some of these) or the
+            # file is another: start again with the next commit; until then the file serves.
+            self._forget_recent()
+            self._recent_store = self._store
+            self._recent_events = self._store.events_recorded if self._store else 0
+            return
+        if not seqs:
+            return
+        if self._recent_next != seqs[0]:
+            # A number was given outside this buffer's commits (another process wrote a row):
+            # from here on only; the file serves what lies before.
+            self._forget_recent()
+            self._recent_from = seqs[0]
+        self._recent_next = seqs[-1] + 1
+        for seq, reading in zip(seqs, readings, strict=True):
+            # Held for the clock in this boot: the file does not give them out either.
+            if reading.unsynchronised is None or reading.unsynchronised.boot_id != self.boot_id:
+                self._recent.append(BufferedReading(seq, reading))
+        while len(self._recent) > _RECENT_MAX:
+            self._recent_from = self._recent.popleft().seq + 1
+
+    def _recent_valid(self) -> bool:
+        """Whether nothing but appends and the uplink's own deletes changed the rows since
+        the memory copy began: the same store, and no event recorded in it since."""
+        store = self._store
+        return (
+            store is not None
+            and store is self._recent_store
+            and store.events_recorded == self._recent_events
+        )
+
+    def _forget_recent(self) -> None:
+        self._recent.clear()
+        self._recent_from = None
+        self._recent_next = None
 
     async def restamp(self, sync_wall_ms: int, sync_monotonic_ms: int) -> int:
         """See :meth:`ReadingStore.restamp`; wakes the forwarder when rows were released."""
@@ -1063,8 +1134,10 @@ class Buffer:
             seqs = await self._run(self._store.append_many, batch, events)
         except Exception as exc:  # noqa: BLE001 - any failure of the disk path holds the readings
             error = str(exc) if isinstance(exc, StorageError) else f"{type(exc).__name__}: {exc}"
+            self._forget_recent()
             self._unwritten(writing, group, drops, error)
             return False
+        self._remember(seqs, batch)
         for (_, future), seq in zip(group, seqs[len(writing) :], strict=True):
             if not future.done():
                 future.set_result(seq)

@@ -98,6 +98,42 @@ async def test_async_buffer_wakes_the_forwarder(tmp_path: Path):
         await buffer.close()
 
 
+async def test_live_readings_handed_over_from_memory_are_the_rows_the_file_has(tmp_path: Path):
+    # The uplink takes readings newer than its cursor from memory, without reading them back;
+    # they must be exactly what the file gives (values, types, nulls, order, seq), and a row
+    # numbered outside the buffer's commits must not be skipped.
+    path = tmp_path / "b.db"
+    buffer = await Buffer.open(path, max_size=10**9, max_age_s=1e9)
+    file_only = 2**62  # a through_seq: always read from the file
+
+    def mixed(n: int) -> Reading:
+        values = (
+            PointValue("v", 229.01, "V"),
+            PointValue("n", n, None),
+            PointValue("s", f"text {n}", None),
+            PointValue("missing", None, "A"),
+        )
+        return Reading(f"m{n % 3}", 1_700_000_000_000 + n, values, Quality.PARTIAL)
+
+    try:
+        first = await asyncio.gather(*(buffer.append(mixed(n)) for n in range(5)))
+        second = await asyncio.gather(*(buffer.append(mixed(n)) for n in range(5, 9)))
+        assert await buffer.oldest(first[1], 5) == await buffer.oldest(first[1], 5, file_only)
+        taken = await buffer.oldest(first[-1], 100)
+        assert [r.seq for r in taken] == second
+        assert taken == await buffer.oldest(first[-1], 100, file_only)
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
+            outside = db.execute(
+                "INSERT INTO readings (device, read_at_ms, quality, point_values) "
+                "VALUES ('x', 1, 'good', '[]')"
+            ).lastrowid
+        third = await asyncio.gather(*(buffer.append(mixed(n)) for n in range(9, 11)))
+        rows = await buffer.oldest(second[-1], 100)
+        assert [r.seq for r in rows] == [outside, *third]
+    finally:
+        await buffer.close()
+
+
 # Drops are events naming the range, counted per device.
 
 
