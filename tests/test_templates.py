@@ -216,3 +216,13 @@ def test_scan_identifies_template_meters_by_their_rule():
 def test_an_identification_rule_reads_a_number():
     with pytest.raises(ValidationError, match="an identification register holds a number"):
         Identification.model_validate({"address": 0, "type": "string", "equals": 1})
+
+
+def test_devices_of_one_template_share_its_point_models():
+    # Memory per device: the frozen point models of a template are not copied per device.
+    a, b = (
+        ModbusDevice.model_validate({"name": n, "bus": "lan", "template": "eastron-sdm630"})
+        for n in ("a", "b")
+    )
+    assert a.points
+    assert all(p is q for p, q in zip(a.points, b.points, strict=True))
