@@ -183,9 +183,9 @@ class ModbusBus:
             decoded: dict[str, int | float | str | None] = {}
             missing: dict[str, str] = dict(device.refused)
             clean = True
-            for request, decoder in device.planned:
+            for request, pdu, decoder in device.planned:
                 try:
-                    data = await self._guarded(slave, config.unit_id, request, retry=not probing)
+                    data = await self.transact(slave, config.unit_id, pdu, retry=not probing)
                 except ModbusExceptionError as exc:
                     if exc.code == _ILLEGAL_ADDRESS:
                         await self._split_refused(device, slave, request, decoded, missing)
@@ -227,7 +227,7 @@ class ModbusBus:
             )
             if len(request.points) > 1:
                 try:
-                    data = await self._guarded(slave, unit, single, retry=True)
+                    data = await self.transact(slave, unit, _read_pdu(single), retry=True)
                 except ModbusExceptionError as exc:
                     if exc.code != _ILLEGAL_ADDRESS:
                         missing[point.name] = str(exc)
@@ -260,15 +260,9 @@ class ModbusBus:
                 f"unit {unit} on {self.describe} is not answering; next attempt in {wait:.1f}s"
             )
 
-    async def _guarded(
-        self, slave: SlaveState, unit: int, request: ReadRequest, retry: bool
-    ) -> bytes:
+    async def transact(self, slave: SlaveState, unit: int, pdu: Request, retry: bool) -> bytes:
         """One request through the slave's breaker: a timeout is retried once (``retry``),
         then the slave is backed off; busy/acknowledge is asked again shortly."""
-        pdu = read_request(FUNCTION_CODE_OF[request.register_type], request.address, request.count)
-        return await self.transact(slave, unit, pdu, retry)
-
-    async def transact(self, slave: SlaveState, unit: int, pdu: Request, retry: bool) -> bytes:
         attempts = 2 if retry else 1
         busy = 0
         garbled = 0
@@ -341,12 +335,19 @@ def _decode_block(request: ReadRequest, data: bytes) -> dict[str, int | float | 
     return {p.name: decode_point(p, request.registers_of(p, registers)) for p in request.points}
 
 
+def _read_pdu(request: ReadRequest) -> Request:
+    return read_request(FUNCTION_CODE_OF[request.register_type], request.address, request.count)
+
+
 def _with_decoders(
     requests: Sequence[ReadRequest],
-) -> list[tuple[ReadRequest, BlockDecoder | None]]:
+) -> list[tuple[ReadRequest, Request, BlockDecoder | None]]:
+    """Each planned read with its request PDU and the decoder of its answer (None for bit
+    tables), built once per plan rather than on every poll."""
     return [
         (
             request,
+            _read_pdu(request),
             None
             if request.register_type in {RegisterType.COIL, RegisterType.DISCRETE_INPUT}
             else BlockDecoder(request.address, request.points),
@@ -369,8 +370,7 @@ class ModbusPolledDevice:
         #: Name and unit of each point, in the config's order (the reading's order).
         self.layout = tuple((point.name, point.unit) for point in config.points)
         self._requests: list[ReadRequest] = []
-        #: Each request with the decoder of its answer (None for bit tables).
-        self.planned: list[tuple[ReadRequest, BlockDecoder | None]] = []
+        self.planned: list[tuple[ReadRequest, Request, BlockDecoder | None]] = []
         self._replan()
         #: Why each missing value of the last reading is missing (``fieldgate read`` shows it).
         self.last_missing: dict[str, str] = {}
