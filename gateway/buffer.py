@@ -413,13 +413,15 @@ class ReadingStore:
         return int(self._query("SELECT coalesce(max(seq), 0) FROM readings", ())[0][0])
 
     def delete(self, seqs: Iterable[int]) -> None:
-        """Forget readings the broker acknowledged; once the backlog is drained, give a step of
-        the freed space back to the filesystem in the same transaction."""
-        batch = [(seq,) for seq in seqs]
-        if batch:
+        """Forget readings the broker acknowledged: one statement per run of consecutive
+        numbers (acknowledgements mostly come in order), not one per reading. Once the backlog
+        is drained, a step of the freed space goes back to the filesystem in the same
+        transaction."""
+        runs = _runs(seqs)
+        if runs:
 
             def action(db: sqlite3.Connection) -> None:
-                db.executemany("DELETE FROM readings WHERE seq = ?", batch)
+                db.executemany("DELETE FROM readings WHERE seq BETWEEN ? AND ?", runs)
                 self.vacuumed_pages += _vacuum_step(db)
 
             self._write(action)
@@ -562,6 +564,17 @@ def _vacuum_step(db: sqlite3.Connection) -> int:
     for _ in range(min(free, _VACUUM_STEP_PAGES)):
         db.execute("PRAGMA incremental_vacuum(1)")
     return int(free - db.execute("PRAGMA freelist_count").fetchone()[0])
+
+
+def _runs(numbers: Iterable[int]) -> list[tuple[int, int]]:
+    """``numbers`` as (first, last) of each run of consecutive ones, in order."""
+    runs: list[tuple[int, int]] = []
+    for number in sorted(set(numbers)):
+        if runs and runs[-1][1] + 1 == number:
+            runs[-1] = (runs[-1][0], number)
+        else:
+            runs.append((number, number))
+    return runs
 
 
 def _quick_check(db: sqlite3.Connection) -> None:

@@ -505,3 +505,12 @@ def test_a_quarantined_held_row_keeps_the_monotonic_stamp_that_dates_it(tmp_path
     with contextlib.closing(sqlite3.connect(path)) as db:
         kept = db.execute("SELECT seq, boot_id, monotonic_ms FROM quarantine").fetchall()
     assert kept == [(1, "boot-old", 42_000)]
+
+
+def test_deleting_acknowledged_readings_removes_exactly_those(tmp_path: Path):
+    store = ReadingStore(tmp_path / "b.db", max_size=10**9, max_age_s=1e9)
+    seqs = [store.append(reading("m1", n)) for n in range(12)]
+    acked = [seqs[i] for i in (7, 0, 1, 2, 5, 9, 10, 2)]  # out of order, runs, a duplicate
+    store.delete(acked)
+    left = [r.seq for r in store.oldest(0, 100)]
+    assert left == [seq for seq in seqs if seq not in acked]
