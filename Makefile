@@ -56,6 +56,7 @@ bench: $(STAMP) mosquitto dbus
 	$(BIN)/python -m bench.kill_trials
 	$(BIN)/python bench/modbus_line.py
 	$(BIN)/python -m bench.ble
+	$(BIN)/python -m bench.cost
 
 # Re-pin every dependency (after changing a range in pyproject.toml); commit the result.
 lock: $(STAMP)

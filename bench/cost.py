@@ -12,9 +12,11 @@ subscriber, each seq once); requests are those the simulated meters answered; RS
 the issue's target (ratio <= 1 meets it). The box is shared: runs are repeated and the spread
 printed. Prints figures only: no assertion, no pass/fail.
 
-    python bench/cost.py                 # everything (about 10 minutes)
-    python bench/cost.py --quick         # shorter windows, one repeat (about 4 minutes)
-    python bench/cost.py --only cpu      # one section: cpu, memory, requests, saturation
+    python -m bench.cost                  # everything (about 12 minutes)
+    python -m bench.cost --quick          # shorter windows, one repeat (about 5 minutes)
+    python -m bench.cost --only cpu       # one section: cpu, memory, requests, saturation
+    python -m bench.cost --profile /tmp/p # also py-spy an extra run of each config; then
+    python bench/spy_top.py /tmp/p.template.txt
 """
 
 from __future__ import annotations
