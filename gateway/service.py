@@ -18,9 +18,10 @@ from functools import partial
 from pathlib import Path
 
 from drivers.catalog import bus_driver_factory
+from gateway import version
 from gateway.backoff import Backoff
 from gateway.buffer import Buffer
-from gateway.clock import Clock, SystemClock
+from gateway.clock import Clock, SystemClock, epoch_ms
 from gateway.config.loader import load_config
 from gateway.config.model import GatewayConfig
 from gateway.driver import BusDriverFactory, PolledDevice, StreamingBusDriver
@@ -32,7 +33,7 @@ from gateway.shutdown import Budget, Deadline, ShutdownRequest
 from gateway.sink import Sink
 from gateway.systemd import Notifier, report_to_systemd, watchdog_period
 from gateway.upstream.forwarder import Forwarder
-from gateway.upstream.json_dialect import JsonDialect
+from gateway.upstream.json_dialect import GatewayInfo, JsonDialect
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,18 @@ async def run_gateway(
             log.info("stop requested before start; nothing was opened")
             return
         running: GatewayConfig | None = config
+        started_ms = epoch_ms(clock)  # the birth's start time: kept across reloads
         while running is not None:
             shutdown.set_bound(running.gateway.stop_timeout)
             running = await _run_config(
-                running, config_path, shutdown, stop, clock=clock, health=health, drivers=drivers
+                running,
+                config_path,
+                shutdown,
+                stop,
+                clock=clock,
+                health=health,
+                drivers=drivers,
+                started_ms=started_ms,
             )
         took = shutdown.seconds_since_request()
         log.info(
@@ -100,6 +109,7 @@ async def _run_config(
     clock: Clock,
     health: HealthRegistry,
     drivers: Callable[[str], BusDriverFactory],
+    started_ms: int,
 ) -> GatewayConfig | None:
     """Run one config until a stop (returns None) or an accepted reload (returns the new
     config), and take its parts down within the bound either way."""
@@ -131,7 +141,16 @@ async def _run_config(
             parts = await _open_buses(config, drivers, buses, sink, clock, ending, health)
             forwarder = Forwarder(
                 config.mqtt,
-                JsonDialect(config.mqtt.topic_prefix, config.gateway.id),
+                JsonDialect(
+                    config.mqtt.topic_prefix,
+                    config.gateway.id,
+                    GatewayInfo(
+                        version(),
+                        config.config_hash(),
+                        started_ms,
+                        tuple(device.info() for device in config.devices),
+                    ),
+                ),
                 buffer,
                 clock,
                 health.uplink,

@@ -26,8 +26,8 @@ from gateway.config.loader import (
     parse_config,
 )
 from gateway.errors import ConfigError
-from gateway.upstream.json_dialect import JsonDialect
 from tests.harness import REPO
+from tests.wire import dialect as wire_dialect
 
 BASE = (
     (REPO / "tests/config_cases/unknown_key/config.yaml")
@@ -111,7 +111,7 @@ def test_host_names_beyond_rfc_1123_are_refused(host):
 
 def test_the_longest_topic_fits_mqtt_with_room_to_spare():
     # Names (gateway id, device) are at most 64 characters; the prefix at most 256; all ASCII.
-    dialect = JsonDialect("p" * TOPIC_PREFIX_MAX, "g" * 64)
+    dialect = wire_dialect("p" * TOPIC_PREFIX_MAX, "g" * 64)
     longest = dialect.reading_topic("d" * 64).encode()
     assert len(longest) == 402
     assert len(longest) < 65535

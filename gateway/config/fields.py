@@ -28,6 +28,8 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
+from gateway.readings import DeviceInfo
+
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(B|kB|KB|MB|GB|TB|KiB|MiB|GiB|TiB)")
@@ -412,6 +414,13 @@ class DeviceBase(StrictModel):
     interval: Interval = Field(
         default=10.0, description="How often to poll; polls align to the wall clock"
     )
+
+    #: The kind of device, as the fleet sees it in the birth and the device's description.
+    kind: ClassVar[str] = "device"
+
+    def info(self) -> DeviceInfo:
+        """Who this device is, for the fleet (drivers' models add their template and points)."""
+        return DeviceInfo(self.name, self.bus, type(self).kind)
 
 
 class BusBase(StrictModel):

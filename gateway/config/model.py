@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -254,6 +256,17 @@ class GatewayConfig(StrictModel):
 
     def devices_on(self, bus_name: str) -> list[DeviceConfig]:
         return [device for device in self.devices if device.bus == bus_name]
+
+    def config_hash(self) -> str:
+        """``sha256:<hex>`` of the config as validated (defaults filled in, keys sorted), so
+        two files that mean the same config hash alike and the fleet sees which config a
+        gateway runs. A config holds no secret inline; where the password is read from is
+        left out too."""
+        normalised = self.model_dump(
+            mode="json", exclude={"mqtt": {"password_file", "password_credential"}}
+        )
+        text = json.dumps(normalised, sort_keys=True, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def _duplicates(section: str, names: list[str]) -> list[tuple[tuple[str | int, ...], str]]:

@@ -2,8 +2,8 @@
 (no I/O, no clock, no paho), so every format is unit-tested without a broker, as the Modbus
 decoder is; the forwarder decides when each message is sent.
 
-Sparkplug B, Home Assistant discovery or richer birth metadata are further dialects; the buffer,
-the session and the forwarder stay as they are.
+Sparkplug B would be a further dialect; the buffer, the session and the forwarder stay as they
+are.
 """
 
 from __future__ import annotations
@@ -24,7 +24,13 @@ class Dialect(Protocol):
         ...
 
     def birth(self) -> OutgoingMessage:
-        """Published first on every connection, before any reading."""
+        """Published first on every connection, before any reading (a new session starts)."""
+        ...
+
+    def description(self, buffered: BufferedReading) -> OutgoingMessage | None:
+        """What the fleet must have before this reading to read it (a retained description of
+        the device and its points), if this session has not sent it yet; else ``None``.
+        Descriptions are sent again after each :meth:`birth`."""
         ...
 
     def reading(self, buffered: BufferedReading, *, historical: bool = False) -> OutgoingMessage:

@@ -256,6 +256,7 @@ class Forwarder:
             if room > 0:
                 live = await self._oldest(live_after, room)
                 for buffered in live:
+                    self._describe(session, buffered)
                     message = self._dialect.reading(buffered)
                     inflight[self._publish(session, message)] = buffered.seq
                     live_after = buffered.seq
@@ -272,6 +273,7 @@ class Forwarder:
                     backlog_after = buffered.seq
                     if buffered.seq in on_the_way:
                         continue  # read again after a restamp; already sent
+                    self._describe(session, buffered)
                     message = self._dialect.reading(buffered, historical=True)
                     inflight[self._publish(session, message)] = buffered.seq
                 if allowed and len(backlog) < allowed:
@@ -305,13 +307,21 @@ class Forwarder:
             )
         return rows
 
+    def _describe(self, session: MqttSession, buffered: BufferedReading) -> None:
+        """The device's retained description goes before a reading that needs it. It is not
+        tracked like a reading: a session that ends before its PUBACK sends it again after
+        the next birth."""
+        description = self._dialect.description(buffered)
+        if description is not None:
+            self._publish(session, description)
+
     @staticmethod
     def _publish(session: MqttSession, message: OutgoingMessage) -> int:
         return session.publish(message.topic, message.payload, message.qos, message.retain)
 
     def _collect_acks(self, session: MqttSession, inflight: dict[int, int | BufferedEvent]) -> None:
         for mid in session.take_acknowledged():
-            sent = inflight.pop(mid, None)  # None: the birth's or the goodbye's
+            sent = inflight.pop(mid, None)  # None: a status or a description
             if isinstance(sent, int):
                 self._acked.append(sent)
             elif sent is not None and sent.event_id is not None:
