@@ -157,6 +157,8 @@ async def _run_config(
                 health.forwarding,
                 gateway_id=config.gateway.id,
                 replay_rate=limits.replay_rate,
+                health=health,
+                health_interval=config.health.interval,
             )
             if config.metrics is not None:
                 parts.append(

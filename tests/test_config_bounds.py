@@ -192,3 +192,18 @@ def test_the_state_directory_is_the_units():
     unit = configparser.ConfigParser(strict=False, interpolation=None)
     unit.read(REPO / "systemd" / "fieldgate.service")
     assert Path("/var/lib") / unit["Service"]["StateDirectory"] == STATE_DIRECTORY
+
+
+@pytest.mark.parametrize(
+    ("interval", "seconds"), [("0", 0.0), ("0s", 0.0), ("1s", 1.0), ("1d", 86400.0)]
+)
+def test_the_health_interval_is_a_period_or_off(interval, seconds):
+    text = BASE + f"health:\n  interval: {interval}\n"
+    assert parse_config(text).health.interval == seconds
+
+
+@pytest.mark.parametrize("interval", ["500ms", "2d", "-1s", "off"])
+def test_a_health_interval_out_of_range_is_refused_with_its_line(interval):
+    text = BASE + f"health:\n  interval: {interval}\n"
+    (problem,) = problems_of(text)
+    assert "health.interval" in problem

@@ -12,7 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bench import wire_bytes
+from gateway.buffer import BufferStats
 from gateway.events import BufferedEvent, DeviceDrops, DropReason, EventKind, GatewayEvent
+from gateway.health import HealthRegistry, LatencyHistogram
 from gateway.readings import (
     BufferedReading,
     DeviceInfo,
@@ -306,3 +308,45 @@ def test_a_value_costs_at_most_20_bytes_upstream_in_issue_11s_shape():
     # bench/wire_bytes.py in short: 30 float32 points of a simulated SDM630, a minute of polls.
     figures = wire_bytes.measure(wire_bytes.readings(60))
     assert figures.packets / figures.values <= wire_bytes.TARGET
+
+
+def test_the_health_message_is_retained_and_matches_its_schema():
+    registry = HealthRegistry()
+    registry.device("m1").succeeded(1764072000123)
+    registry.device("m2").failed("no answer within the timeout")
+    registry.device("m3")  # not polled yet
+    registry.uplink_counts.connects = 3
+    registry.uplink_counts.publish_latency.observe(0.02)
+    stats = BufferStats(waiting=5, oldest_read_at_ms=1764072000000, newest_seq=9, dropped=2)
+    for figures in (stats, None):  # None: the buffer cannot be read
+        message = dialect.health(registry.report(1764072001000, figures))
+        assert (message.topic, message.retain, message.qos) == ("site/a/gw-1/health", True, 1)
+        document = json.loads(message.payload)
+        validator("health").validate(document)
+    assert document["devices"]["m2"] == {
+        "up": False,
+        "last_success": None,
+        "polls_ok": 0,
+        "polls_failed": 1,
+        "driver_faults": 0,
+        "cycles_skipped": 0,
+        "error": "no answer within the timeout",
+    }
+    assert document["devices"]["m1"]["last_success"] == "2025-11-25T12:00:00.123Z"
+    assert document["devices"]["m3"]["up"] is None
+    assert document["buffer"]["waiting"] is None
+    assert document["uplink"] == {
+        "reconnects": 2,
+        "failures": 0,
+        "acknowledged": 1,
+        "publish_latency_sum_s": 0.02,
+    }
+
+
+def test_latency_buckets_are_cumulative_and_end_with_inf():
+    histogram = LatencyHistogram()
+    for seconds in (0.001, 0.02, 0.02, 7.0, 1000.0):
+        histogram.observe(seconds)
+    buckets = dict(histogram.cumulative())
+    assert (buckets["0.005"], buckets["0.025"], buckets["10"], buckets["+Inf"]) == (1, 3, 4, 5)
+    assert histogram.count == 5

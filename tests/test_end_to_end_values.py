@@ -141,11 +141,11 @@ def test_text_and_enum_values_reach_the_broker_as_the_meter_means_them(
                 assert values[name] == meant, name
             else:
                 assert values[name] == pytest.approx(meant, rel=1e-9), name
-    heat = next(r for r in fleet.readings() if r["device"] == "heat")
-    assert fleet.values(heat)["device_kind"] == "CALEC ST"
-    assert fleet.values(heat)["energy_unit"] == "kWh"
-    assert fleet.units(heat)["energy_unit"] is None
-    description = fleet.description(heat)
+    heat_reading = next(r for r in fleet.readings() if r["device"] == "heat")
+    assert fleet.values(heat_reading)["device_kind"] == "CALEC ST"
+    assert fleet.values(heat_reading)["energy_unit"] == "kWh"
+    assert fleet.units(heat_reading)["energy_unit"] is None
+    description = fleet.description(heat_reading)
     assert (description["template"], description["manufacturer"]) == (
         "aquametro-calec-st",
         "Aquametro",

@@ -156,6 +156,36 @@ Duration = Annotated[
 ]
 
 
+def parse_period_or_off(text: object) -> float:
+    """A period from 1 s to a day as :func:`parse_duration` reads it, or 0 (``0``, ``0s``)
+    for none. (Not ``off``: YAML reads that as false.)"""
+    if text in (0, "0", "0s") and not isinstance(text, bool):
+        return 0.0
+    seconds = parse_duration(text)
+    if not 1.0 <= seconds <= 86400.0:
+        raise ValueError(
+            f"{brief(text)} is outside 1s to 1d, the periods allowed here (0 for none)"
+        )
+    return seconds
+
+
+#: How often something periodic happens, or 0 (``0``, ``0s``) for never.
+PeriodOrOff = Annotated[
+    float,
+    BeforeValidator(parse_period_or_off),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": DURATION_PATTERN},
+                {"enum": [0, "0s", "0"]},
+                {"type": "number", "minimum": 1.0, "maximum": 86400.0},
+            ],
+            "description": "A period (10s, 5m, 1h; at least 1s, at most 1d), or 0 for none",
+        }
+    ),
+]
+
+
 @dataclass(frozen=True, slots=True)
 class DurationBounds:
     """``Annotated[Duration, DurationBounds(at_least=1.0, at_most=65535.0)]``: a duration

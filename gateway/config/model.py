@@ -29,6 +29,7 @@ from gateway.config.fields import (
     IpAddress,
     LocalPath,
     Name,
+    PeriodOrOff,
     Size,
     StrictModel,
     TopicPrefix,
@@ -180,6 +181,15 @@ class MetricsConfig(StrictModel):
     port: int = Field(default=9464, ge=1, le=65535)
 
 
+class HealthConfig(StrictModel):
+    """The periodic health message on <prefix>/<gateway>/health (retained)."""
+
+    interval: PeriodOrOff = Field(
+        default=60.0,
+        description="How often to publish it (and once on every connection); 0 turns it off",
+    )
+
+
 class GatewayConfig(StrictModel):
     """A fieldgate configuration file."""
 
@@ -189,6 +199,7 @@ class GatewayConfig(StrictModel):
     metrics: MetricsConfig | None = Field(
         default=None, description="A Prometheus endpoint; none unless this section is given"
     )
+    health: HealthConfig = HealthConfig()
     buses: list[BusConfig] = Field(min_length=1)
     devices: list[
         Annotated[

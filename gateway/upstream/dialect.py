@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from gateway.events import BufferedEvent
+from gateway.health import HealthReport
 from gateway.readings import BufferedReading
 from gateway.upstream.messages import OutgoingMessage
 
@@ -42,6 +43,10 @@ class Dialect(Protocol):
     def event(self, buffered: BufferedEvent) -> OutgoingMessage:
         """The message for one gateway event (a dropped range, the buffer failing or working
         again, a damaged buffer file replaced)."""
+        ...
+
+    def health(self, report: HealthReport) -> OutgoingMessage:
+        """The periodic health message: per device, the buffer, the uplink."""
         ...
 
     def goodbye(self) -> OutgoingMessage:

@@ -29,12 +29,12 @@ from functools import partial
 from typing import TypeVar
 
 from gateway.backoff import Backoff
-from gateway.buffer import Buffer
-from gateway.clock import Clock
+from gateway.buffer import Buffer, BufferStats
+from gateway.clock import Clock, epoch_ms
 from gateway.config.model import MqttConfig
 from gateway.errors import StorageError, UplinkError
 from gateway.events import BufferedEvent
-from gateway.health import PartHealth
+from gateway.health import HealthRegistry, PartHealth, UplinkCounts
 from gateway.readings import BufferedReading
 from gateway.upstream.dialect import Dialect
 from gateway.upstream.messages import OutgoingMessage
@@ -92,10 +92,14 @@ class Forwarder:
         *,
         gateway_id: str,
         replay_rate: float = 0.0,
+        health: HealthRegistry | None = None,
+        health_interval: float = 0.0,
     ) -> None:
         """``gateway_id`` names the client (``fieldgate-<gateway id>``) unless the config sets
         ``client_id``; the dialect has the wire's own copy. ``replay_rate``: messages a second
-        at most for the backlog after an outage (0: no limit)."""
+        at most for the backlog after an outage (0: no limit). ``health``: where the uplink's
+        counts go and the health message's figures come from; with ``health_interval`` > 0
+        the dialect's health message is published on connect and that often (seconds)."""
         self._config = config
         self._dialect = dialect
         self._buffer = buffer
@@ -113,6 +117,12 @@ class Forwarder:
         self._acked_events: list[int] = []
         #: An unexpected error (a bug) was logged with its traceback and has not cleared yet.
         self._fault: str | None = None
+        self._health = health
+        self._counts = health.uplink_counts if health is not None else UplinkCounts()
+        self._health_interval = health_interval
+        self._next_health = 0.0
+        #: Message id -> when it was handed to the session (monotonic), for the latency.
+        self._sent_at: dict[int, float] = {}
 
     @property
     def where(self) -> str:
@@ -172,6 +182,7 @@ class Forwarder:
             self._session = None
 
     def _connected(self) -> None:
+        self._counts.connects += 1
         if self._fault is None:
             # After a fault, reconnecting is no success yet: the backoff keeps growing until
             # readings are delivered again, so a bug does not reconnect every second.
@@ -201,7 +212,9 @@ class Forwarder:
         self._fault = text
 
     async def _forward(self, session: MqttSession) -> None:
+        self._sent_at.clear()  # ids of an ended session are never acknowledged
         self._publish(session, self._dialect.birth())
+        self._next_health = self._clock.monotonic()  # the first health message goes now
         # Rows acknowledged on an earlier connection go first, or they would be read again.
         await self._delete_acked()
         await self._delete_acked_events()
@@ -233,6 +246,7 @@ class Forwarder:
         pace = Pace(self._replay_rate, self._config.max_inflight, self._clock.monotonic())
         released = self._buffer.released
         while True:
+            await self._publish_health_when_due(session)
             if self._buffer.released != released:
                 # Readings held until the clock synchronised were restamped behind both
                 # cursors: read again from the start as backlog, skipping what is on its way.
@@ -315,12 +329,31 @@ class Forwarder:
         if description is not None:
             self._publish(session, description)
 
-    @staticmethod
-    def _publish(session: MqttSession, message: OutgoingMessage) -> int:
-        return session.publish(message.topic, message.payload, message.qos, message.retain)
+    def _publish(self, session: MqttSession, message: OutgoingMessage) -> int:
+        mid = session.publish(message.topic, message.payload, message.qos, message.retain)
+        self._sent_at[mid] = self._clock.monotonic()
+        return mid
+
+    async def _publish_health_when_due(self, session: MqttSession) -> None:
+        if self._health is None or self._health_interval <= 0:
+            return
+        now = self._clock.monotonic()
+        if now < self._next_health:
+            return
+        self._next_health = now + self._health_interval
+        try:
+            figures: BufferStats | None = await self._buffer.stats()
+        except StorageError:
+            figures = None  # the disk fails: the message says so instead of waiting for it
+        report = self._health.report(epoch_ms(self._clock), figures)
+        self._publish(session, self._dialect.health(report))
 
     def _collect_acks(self, session: MqttSession, inflight: dict[int, int | BufferedEvent]) -> None:
+        now = self._clock.monotonic()
         for mid in session.take_acknowledged():
+            sent_at = self._sent_at.pop(mid, None)
+            if sent_at is not None:
+                self._counts.publish_latency.observe(now - sent_at)
             sent = inflight.pop(mid, None)  # None: a status or a description
             if isinstance(sent, int):
                 self._acked.append(sent)

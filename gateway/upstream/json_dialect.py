@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from gateway.events import BufferedEvent
+from gateway.health import HealthReport
 from gateway.readings import BufferedReading, DeviceInfo, PointInfo
 from gateway.upstream.messages import OutgoingMessage
 
@@ -174,6 +175,43 @@ class JsonDialect:
             message["time"] = "unsynchronised"
         return OutgoingMessage(self.reading_topic(reading.device), to_json(message))
 
+    def health(self, report: HealthReport) -> OutgoingMessage:
+        """The periodic health message (retained: the latest figures for whoever looks)."""
+        devices: dict[str, object] = {}
+        for device in report.devices:
+            entry: dict[str, object] = {
+                "up": device.up,
+                "last_success": _iso_or_none(device.last_success_ms),
+                "polls_ok": device.polls_ok,
+                "polls_failed": device.polls_failed,
+                "driver_faults": device.driver_faults,
+                "cycles_skipped": device.cycles_skipped,
+            }
+            if device.last_error is not None:
+                entry["error"] = device.last_error
+            devices[device.device] = entry
+        message: dict[str, object] = {
+            "schema": SCHEMA_VERSION,
+            "gateway": self._gateway_id,
+            "ts": iso_utc_ms(report.at_ms),
+            "devices": devices,
+            "buffer": {
+                "storing": report.storing_up,
+                "waiting": report.waiting,
+                "oldest_ts": _iso_or_none(report.oldest_read_at_ms),
+                "dropped": report.dropped,
+                "quarantined": report.quarantined,
+                "lost": report.readings_lost,
+            },
+            "uplink": {
+                "reconnects": report.uplink_reconnects,
+                "failures": report.uplink_failures,
+                "acknowledged": report.published,
+                "publish_latency_sum_s": round(report.publish_latency_sum, 3),
+            },
+        }
+        return OutgoingMessage(self.health_topic, to_json(message), retain=True)
+
     def event(self, buffered: BufferedEvent) -> OutgoingMessage:
         event = buffered.event
         message: dict[str, object] = {
@@ -203,6 +241,10 @@ class JsonDialect:
         if event.detail is not None:
             message["detail"] = event.detail
         return OutgoingMessage(self.event_topic, to_json(message))
+
+
+def _iso_or_none(epoch_ms: int | None) -> str | None:
+    return None if epoch_ms is None else iso_utc_ms(epoch_ms)
 
 
 def _device_entry(device: DeviceInfo) -> dict[str, object]:
