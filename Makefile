@@ -48,6 +48,7 @@ bench: $(STAMP) mosquitto
 	$(BIN)/python bench/buffer.py
 	$(BIN)/python -m bench.kill_trials
 	$(BIN)/python bench/modbus_line.py
+	$(BIN)/python bench/wire_bytes.py
 
 # Re-pin every dependency (after changing a range in pyproject.toml); commit the result.
 lock: $(STAMP)

@@ -12,22 +12,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from drivers.catalog import bus_driver_factory
 from gateway import version
 from gateway.backoff import Backoff
 from gateway.buffer import Buffer
 from gateway.clock import Clock, SystemClock, epoch_ms
+from gateway.commands import CommandHandler, RecentIds
 from gateway.config.loader import load_config
 from gateway.config.model import GatewayConfig
 from gateway.driver import BusDriverFactory, PolledDevice, StreamingBusDriver
 from gateway.errors import ConfigError, StorageError
 from gateway.health import HealthRegistry
 from gateway.metrics import serve_metrics
+from gateway.readings import DeviceInfo
+from gateway.reloads import Switch, Switches, watch_for_rollback
 from gateway.scheduler import DevicePoller
 from gateway.shutdown import Budget, Deadline, ShutdownRequest
 from gateway.sink import Sink
@@ -65,10 +69,13 @@ async def run_gateway(
     (``gateway.stop_timeout``) with everything stored committed in the buffer. ``drivers``
     gives the factory of a bus type (the catalog's; tests bring drivers of their own).
 
-    SIGHUP reloads ``config_path``: the new config is validated first, and a config with
-    mistakes is refused with the reasons logged while the running one goes on. An accepted one
-    replaces the running one: the parts stop (within the same bound) and start again with it,
-    on the same buffer file or the new one the config names; nothing stored is lost."""
+    SIGHUP reloads ``config_path``, and so does a remote ``reload`` command (or with the config
+    it carries): the new config is validated first, and a config with mistakes is refused with
+    the reasons logged (and returned to the command) while the running one goes on. An
+    accepted one replaces the running one: the parts stop (within the same bound) and start
+    again with it, on the same buffer file or the new one the config names; nothing stored is
+    lost. If the broker was reachable and the new config does not reach its broker within
+    ``gateway.reload_rollback``, the last config that did runs again (gateway.reloads)."""
     clock = clock or SystemClock()
     health = health or HealthRegistry()
     shutdown = shutdown or ShutdownRequest()
@@ -78,11 +85,17 @@ async def run_gateway(
         if stop.is_set():
             log.info("stop requested before start; nothing was opened")
             return
-        running: GatewayConfig | None = config
-        started_ms = epoch_ms(clock)  # the birth's start time: kept across reloads
+        lifetime = _Lifetime(
+            started_ms=epoch_ms(clock),  # the birth's start time: kept across reloads
+            recent=RecentIds(config.commands.remember),
+            switches=Switches(),
+        )
+        running: Switch | None = Switch(config)
+        last_good = config
         while running is not None:
-            shutdown.set_bound(running.gateway.stop_timeout)
-            running = await _run_config(
+            shutdown.set_bound(running.config.gateway.stop_timeout)
+            connects = health.uplink_counts.connects
+            upcoming = await _run_config(
                 running,
                 config_path,
                 shutdown,
@@ -90,8 +103,14 @@ async def run_gateway(
                 clock=clock,
                 health=health,
                 drivers=drivers,
-                started_ms=started_ms,
+                lifetime=lifetime,
             )
+            if health.uplink_counts.connects > connects:
+                last_good = running.config
+            if upcoming is not None and upcoming.rolled_back is None and health.uplink.up:
+                # A reload while the broker is reachable must keep it so, or be undone.
+                upcoming = replace(upcoming, fallback=last_good)
+            running = upcoming
         took = shutdown.seconds_since_request()
         log.info(
             "stopped%s", f" {took * 1000:.0f} ms after the request" if took is not None else ""
@@ -100,8 +119,17 @@ async def run_gateway(
         shutdown.detach()
 
 
+@dataclass(frozen=True, slots=True)
+class _Lifetime:
+    """What outlives each config: the start time, the command ids seen, the switches asked."""
+
+    started_ms: int
+    recent: RecentIds
+    switches: Switches
+
+
 async def _run_config(
-    config: GatewayConfig,
+    switch: Switch,
     config_path: Path | None,
     shutdown: ShutdownRequest,
     stop: asyncio.Event,
@@ -109,10 +137,11 @@ async def _run_config(
     clock: Clock,
     health: HealthRegistry,
     drivers: Callable[[str], BusDriverFactory],
-    started_ms: int,
-) -> GatewayConfig | None:
-    """Run one config until a stop (returns None) or an accepted reload (returns the new
-    config), and take its parts down within the bound either way."""
+    lifetime: _Lifetime,
+) -> Switch | None:
+    """Run one config until a stop (returns None) or an accepted reload or rollback (returns
+    the switch), and take its parts down within the bound either way."""
+    config = switch.config
     health.keep_only(device.name for device in config.devices)
     health.buses.clear()  # each bus of this config registers its counters again when opened
     for device in config.devices:
@@ -138,18 +167,14 @@ async def _run_config(
     try:
         async with contextlib.AsyncExitStack() as buses:
             sink = Sink(buffer, health, clock)
-            parts = await _open_buses(config, drivers, buses, sink, clock, ending, health)
+            parts, polled = await _open_buses(config, drivers, buses, sink, clock, ending, health)
+            described = tuple(device.info() for device in config.devices)
             forwarder = Forwarder(
                 config.mqtt,
                 JsonDialect(
                     config.mqtt.topic_prefix,
                     config.gateway.id,
-                    GatewayInfo(
-                        version(),
-                        config.config_hash(),
-                        started_ms,
-                        tuple(device.info() for device in config.devices),
-                    ),
+                    GatewayInfo(version(), config.config_hash(), lifetime.started_ms, described),
                 ),
                 buffer,
                 clock,
@@ -159,6 +184,10 @@ async def _run_config(
                 replay_rate=limits.replay_rate,
                 health=health,
                 health_interval=config.health.interval,
+                commands=_command_handler(
+                    config, config_path, polled, described, buffer, lifetime, clock
+                ),
+                after_birth=switch.outcome(epoch_ms(clock)),
             )
             if config.metrics is not None:
                 parts.append(
@@ -189,6 +218,8 @@ async def _run_config(
             )
             next_config, deadline = await _serve(
                 parts,
+                watch=partial(watch_for_rollback, switch, health, clock, lifetime.switches),
+                switches=lifetime.switches,
                 started=await _start_line(config, buffer),
                 notifier=notifier,
                 forwarder=forwarder,
@@ -204,6 +235,34 @@ async def _run_config(
     finally:
         await _bounded(buffer.close(), deadline, "closing the buffer")
     return next_config
+
+
+def _command_handler(  # noqa: PLR0917 - what commands reach
+    config: GatewayConfig,
+    config_path: Path | None,
+    polled: Mapping[str, PolledDevice],
+    described: Sequence[DeviceInfo],
+    buffer: Buffer,
+    lifetime: _Lifetime,
+    clock: Clock,
+) -> CommandHandler | None:
+    if not config.commands.enabled:
+        return None
+
+    async def request_reload(new: GatewayConfig, command_id: str) -> None:
+        lifetime.switches.ask(Switch(new, command_id))
+
+    return CommandHandler(
+        prefix=config.mqtt.topic_prefix,
+        gateway_id=config.gateway.id,
+        devices=polled,
+        described={device.name: device for device in described},
+        buffer=buffer,
+        recent=lifetime.recent,
+        reload=request_reload,
+        config_path=config_path,
+        now_ms=partial(epoch_ms, clock),
+    )
 
 
 async def _reload(shutdown: ShutdownRequest, config_path: Path | None) -> GatewayConfig | None:
@@ -248,7 +307,9 @@ async def _open_buses(  # noqa: PLR0917 - one caller, each argument a different 
     clock: Clock,
     stop: asyncio.Event,
     health: HealthRegistry,
-) -> list[_Part]:
+) -> tuple[list[_Part], dict[str, PolledDevice]]:
+    """The parts that run the buses (a poller per polled device, a stream per streaming bus),
+    and the polled devices by name (for remote commands)."""
     devices: dict[str, PolledDevice] = {}
     parts: list[_Part] = []
     for bus_config in config.buses:
@@ -265,7 +326,7 @@ async def _open_buses(  # noqa: PLR0917 - one caller, each argument a different 
         if polled is not None:
             poller = DevicePoller(polled, device.interval, sink, clock, stop)
             parts.append(_Part(f"poller of {device.name}", poller.run))
-    return parts
+    return parts, devices
 
 
 def _stream_runner(bus: StreamingBusDriver, sink: Sink) -> Callable[[], Awaitable[None]]:
@@ -287,24 +348,31 @@ async def _serve(
     shutdown: ShutdownRequest,
     clock: Clock,
     reload: Callable[[], Awaitable[GatewayConfig | None]],
-) -> tuple[GatewayConfig | None, Deadline]:
-    """Run the parts until a stop or an accepted reload; returns the new config (None for a
-    stop) and the deadline the rest of the teardown keeps."""
+    watch: Callable[[], Coroutine[Any, Any, None]],
+    switches: Switches,
+) -> tuple[Switch | None, Deadline]:
+    """Run the parts until a stop, an accepted reload or a rollback; returns the switch (None
+    for a stop) and the deadline the rest of the teardown keeps."""
     producers = {
         asyncio.create_task(_keep_running(part, ending, clock), name=part.name) for part in parts
     }
+    producers.add(asyncio.create_task(watch(), name="reload watch"))
     uplink = asyncio.create_task(
         _keep_running(_Part("uplink", forwarder.run), ending, clock), name="uplink"
     )
-    next_config: GatewayConfig | None = None
+    next_config: Switch | None = None
     deadline: Deadline = shutdown
     try:
         log.info("fieldgate running: %s", started)
         notifier.send(f"READY=1\nSTATUS={health.status_line()}")
         while next_config is None and not stop.is_set():
-            await _first_of(stop, shutdown.reload)
-            if not stop.is_set():
-                next_config = await reload()
+            await _first_of(stop, shutdown.reload, switches.asked)
+            if stop.is_set():
+                break
+            next_config = switches.take()
+            if next_config is None and shutdown.reload.is_set():
+                reloaded = await reload()
+                next_config = Switch(reloaded) if reloaded is not None else None
     finally:
         # Also when we are cancelled ourselves: no task outlives its owner, and the bound holds.
         ending.set()

@@ -45,6 +45,14 @@ class GatewaySection(StrictModel):
             "shorter than systemd's TimeoutStopSec"
         ),
     )
+    reload_rollback: Annotated[Duration, DurationBounds(at_least=1.0, at_most=3600.0)] = Field(
+        default=60.0,
+        description=(
+            "A reload (SIGHUP or a remote command) made while the broker was reachable whose "
+            "new config does not reach it within this long is undone: the last config that "
+            "did runs again"
+        ),
+    )
 
 
 class MqttTls(StrictModel):
@@ -190,6 +198,22 @@ class HealthConfig(StrictModel):
     )
 
 
+class CommandsConfig(StrictModel):
+    """Remote commands on <prefix>/<gateway>/commands (results on .../commands/result)."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Take remote commands (ping, read-now, buffer-stats, reload, write); off "
+        "unless true. The gateway subscribes only to its own command topic",
+    )
+    remember: int = Field(
+        default=1000,
+        ge=10,
+        le=100_000,
+        description="Command ids remembered to refuse a replay (the oldest are forgotten)",
+    )
+
+
 class GatewayConfig(StrictModel):
     """A fieldgate configuration file."""
 
@@ -200,6 +224,7 @@ class GatewayConfig(StrictModel):
         default=None, description="A Prometheus endpoint; none unless this section is given"
     )
     health: HealthConfig = HealthConfig()
+    commands: CommandsConfig = CommandsConfig()
     buses: list[BusConfig] = Field(min_length=1)
     devices: list[
         Annotated[

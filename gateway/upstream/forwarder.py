@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TypeVar
 
 from gateway.backoff import Backoff
 from gateway.buffer import Buffer, BufferStats
 from gateway.clock import Clock, epoch_ms
+from gateway.commands import CommandHandler
 from gateway.config.model import MqttConfig
-from gateway.errors import StorageError, UplinkError
+from gateway.errors import StorageError, SubscriptionRefused, UplinkError
 from gateway.events import BufferedEvent
 from gateway.health import HealthRegistry, PartHealth, UplinkCounts
 from gateway.readings import BufferedReading
@@ -49,6 +50,8 @@ _T = TypeVar("_T")
 _DELETE_BATCH = 200
 #: How long the pump waits for an acknowledgement or a new reading before it looks again.
 _IDLE_WAIT = 1.0
+#: How long a command's result may wait for its PUBACK before the next command is taken.
+_RESULT_WAIT = 10.0
 
 
 class Pace:
@@ -94,12 +97,16 @@ class Forwarder:
         replay_rate: float = 0.0,
         health: HealthRegistry | None = None,
         health_interval: float = 0.0,
+        commands: CommandHandler | None = None,
+        after_birth: Sequence[OutgoingMessage] = (),
     ) -> None:
         """``gateway_id`` names the client (``fieldgate-<gateway id>``) unless the config sets
         ``client_id``; the dialect has the wire's own copy. ``replay_rate``: messages a second
         at most for the backlog after an outage (0: no limit). ``health``: where the uplink's
         counts go and the health message's figures come from; with ``health_interval`` > 0
-        the dialect's health message is published on connect and that often (seconds)."""
+        the dialect's health message is published on connect and that often (seconds).
+        ``commands``: take remote commands on each session (subscribed to its one topic).
+        ``after_birth``: published once, after the first birth (a reload's outcome)."""
         self._config = config
         self._dialect = dialect
         self._buffer = buffer
@@ -123,6 +130,9 @@ class Forwarder:
         self._next_health = 0.0
         #: Message id -> when it was handed to the session (monotonic), for the latency.
         self._sent_at: dict[int, float] = {}
+        self._commands = commands
+        self._after_birth = list(after_birth)
+        self._commands_refused: str | None = None
 
     @property
     def where(self) -> str:
@@ -213,16 +223,32 @@ class Forwarder:
 
     async def _forward(self, session: MqttSession) -> None:
         self._sent_at.clear()  # ids of an ended session are never acknowledged
+        # Subscribed before the birth: whoever sees this session's birth (or a reload's
+        # outcome after it) can send commands to it.
+        handler = self._commands
+        if handler is not None and not await self._subscribe_commands(session, handler):
+            handler = None
         self._publish(session, self._dialect.birth())
         self._next_health = self._clock.monotonic()  # the first health message goes now
+        for message in self._after_birth:
+            self._publish(session, message)
+        self._after_birth.clear()
         # Rows acknowledged on an earlier connection go first, or they would be read again.
         await self._delete_acked()
         await self._delete_acked_events()
         # message id -> a reading's sequence number, or the event it carries
         inflight: dict[int, int | BufferedEvent] = {}
+        commands = (
+            asyncio.create_task(self._serve_commands(session, handler), name="commands")
+            if handler is not None
+            else None
+        )
         try:
             await self._pump(session, inflight)
         finally:
+            if commands is not None:
+                commands.cancel()
+                await asyncio.gather(commands, return_exceptions=True)
             # Events held only in memory that the broker did not acknowledge go next time.
             self._buffer.give_back(
                 sent.event
@@ -306,6 +332,43 @@ class Forwarder:
                 wait = min(_IDLE_WAIT, pace.wait()) if paced else _IDLE_WAIT
                 await self._buffer.wait_appended(timeout=wait)
             session.raise_if_lost()
+
+    async def _subscribe_commands(self, session: MqttSession, handler: CommandHandler) -> bool:
+        """Subscribe to the gateway's own command topic (and nothing else). A broker that
+        refuses it (its ACL) costs the commands, logged once, not the readings."""
+        try:
+            await session.subscribe(handler.topic, qos=1)
+        except SubscriptionRefused as exc:
+            if self._commands_refused != str(exc):
+                log.warning("remote commands are off for this connection: %s", exc)
+            self._commands_refused = str(exc)
+            return False
+        self._commands_refused = None
+        return True
+
+    async def _serve_commands(self, session: MqttSession, handler: CommandHandler) -> None:
+        """Take commands on this session until it ends; each gets its result before the next
+        is read. Nothing here ends the session: a lost connection is the pump's to notice."""
+        try:
+            async for message in session.messages():
+                if message.topic != handler.topic:
+                    continue
+                try:
+                    reply = await handler.handle(message.payload, retained=message.retain)
+                except Exception:  # a bug costs this command, never the session
+                    log.exception("a remote command failed unexpectedly (a bug); it got no result")
+                    continue
+                await session.publish_and_wait(
+                    reply.message.topic,
+                    reply.message.payload,
+                    reply.message.qos,
+                    reply.message.retain,
+                    timeout=_RESULT_WAIT,
+                )
+                if reply.then is not None:
+                    await reply.then()
+        except UplinkError:
+            return
 
     async def _oldest(
         self, after_seq: int, limit: int, through_seq: int | None = None
