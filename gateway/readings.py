@@ -91,6 +91,8 @@ class PointInfo:
     writable: bool = False
     minimum: float | None = None
     maximum: float | None = None
+    #: Its value is text (a string or an enum's label), not a number.
+    text: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from gateway.shutdown import Budget, Deadline, ShutdownRequest
 from gateway.sink import Sink
 from gateway.systemd import Notifier, report_to_systemd, watchdog_period
 from gateway.upstream.forwarder import Forwarder
+from gateway.upstream.homeassistant import Discovery
 from gateway.upstream.json_dialect import GatewayInfo, JsonDialect
 
 log = logging.getLogger(__name__)
@@ -169,13 +170,14 @@ async def _run_config(
             sink = Sink(buffer, health, clock)
             parts, polled = await _open_buses(config, drivers, buses, sink, clock, ending, health)
             described = tuple(device.info() for device in config.devices)
+            dialect = JsonDialect(
+                config.mqtt.topic_prefix,
+                config.gateway.id,
+                GatewayInfo(version(), config.config_hash(), lifetime.started_ms, described),
+            )
             forwarder = Forwarder(
                 config.mqtt,
-                JsonDialect(
-                    config.mqtt.topic_prefix,
-                    config.gateway.id,
-                    GatewayInfo(version(), config.config_hash(), lifetime.started_ms, described),
-                ),
+                dialect,
                 buffer,
                 clock,
                 health.uplink,
@@ -188,6 +190,7 @@ async def _run_config(
                     config, config_path, polled, described, buffer, lifetime, clock
                 ),
                 after_birth=switch.outcome(epoch_ms(clock)),
+                discovery=await _discovery(config, dialect, described),
             )
             if config.metrics is not None:
                 parts.append(
@@ -235,6 +238,26 @@ async def _run_config(
     finally:
         await _bounded(buffer.close(), deadline, "closing the buffer")
     return next_config
+
+
+async def _discovery(
+    config: GatewayConfig, dialect: JsonDialect, described: Sequence[DeviceInfo]
+) -> Discovery | None:
+    """Home Assistant discovery, when the config asks for it; what it announced before is
+    kept beside the buffer."""
+    if not config.homeassistant.discovery:
+        return None
+    return await asyncio.to_thread(
+        partial(
+            Discovery,
+            prefix=config.homeassistant.prefix,
+            gateway_id=config.gateway.id,
+            status_topic=dialect.status_topic,
+            reading_topic=dialect.reading_topic("{device}"),
+            devices=described,
+            state_file=config.buffer.path.parent / "homeassistant-discovery.json",
+        )
+    )
 
 
 def _command_handler(  # noqa: PLR0917 - what commands reach

@@ -266,7 +266,14 @@ class ModbusDevice(DeviceBase):
             model=template.model if template else None,
             medium=template.medium if template else None,
             points=tuple(
-                PointInfo(point.name, point.unit, point.writable, point.min, point.max)
+                PointInfo(
+                    point.name,
+                    point.unit,
+                    point.writable,
+                    point.min,
+                    point.max,
+                    text=point.type in _SIZED_TYPES,
+                )
                 for point in self.points
             ),
         )

@@ -214,6 +214,15 @@ class CommandsConfig(StrictModel):
     )
 
 
+class HomeAssistantConfig(StrictModel):
+    """Home Assistant MQTT discovery: a sensor per point, grouped by device."""
+
+    discovery: bool = Field(default=False, description="Announce every point to Home Assistant")
+    prefix: TopicPrefix = Field(
+        default="homeassistant", description="Home Assistant's discovery prefix"
+    )
+
+
 class GatewayConfig(StrictModel):
     """A fieldgate configuration file."""
 
@@ -225,6 +234,7 @@ class GatewayConfig(StrictModel):
     )
     health: HealthConfig = HealthConfig()
     commands: CommandsConfig = CommandsConfig()
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
     buses: list[BusConfig] = Field(min_length=1)
     devices: list[
         Annotated[

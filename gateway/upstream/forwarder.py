@@ -38,6 +38,7 @@ from gateway.events import BufferedEvent
 from gateway.health import HealthRegistry, PartHealth, UplinkCounts
 from gateway.readings import BufferedReading
 from gateway.upstream.dialect import Dialect
+from gateway.upstream.homeassistant import Discovery
 from gateway.upstream.messages import OutgoingMessage
 from gateway.upstream.security import password_source, tls_settings
 from gateway.upstream.session import MqttSession
@@ -99,6 +100,7 @@ class Forwarder:
         health_interval: float = 0.0,
         commands: CommandHandler | None = None,
         after_birth: Sequence[OutgoingMessage] = (),
+        discovery: Discovery | None = None,
     ) -> None:
         """``gateway_id`` names the client (``fieldgate-<gateway id>``) unless the config sets
         ``client_id``; the dialect has the wire's own copy. ``replay_rate``: messages a second
@@ -106,7 +108,8 @@ class Forwarder:
         counts go and the health message's figures come from; with ``health_interval`` > 0
         the dialect's health message is published on connect and that often (seconds).
         ``commands``: take remote commands on each session (subscribed to its one topic).
-        ``after_birth``: published once, after the first birth (a reload's outcome)."""
+        ``after_birth``: published once, after the first birth (a reload's outcome).
+        ``discovery``: Home Assistant's sensors, announced with each device description."""
         self._config = config
         self._dialect = dialect
         self._buffer = buffer
@@ -133,6 +136,8 @@ class Forwarder:
         self._commands = commands
         self._after_birth = list(after_birth)
         self._commands_refused: str | None = None
+        self._discovery = discovery
+        self._discovery_unsaved: str | None = None
 
     @property
     def where(self) -> str:
@@ -233,6 +238,10 @@ class Forwarder:
         for message in self._after_birth:
             self._publish(session, message)
         self._after_birth.clear()
+        if self._discovery is not None:
+            for message in self._discovery.withdrawn_devices():
+                self._publish(session, message)
+            await self._save_discovery()
         # Rows acknowledged on an earlier connection go first, or they would be read again.
         await self._delete_acked()
         await self._delete_acked_events()
@@ -296,7 +305,7 @@ class Forwarder:
             if room > 0:
                 live = await self._oldest(live_after, room)
                 for buffered in live:
-                    self._describe(session, buffered)
+                    await self._describe(session, buffered)
                     message = self._dialect.reading(buffered)
                     inflight[self._publish(session, message)] = buffered.seq
                     live_after = buffered.seq
@@ -313,7 +322,7 @@ class Forwarder:
                     backlog_after = buffered.seq
                     if buffered.seq in on_the_way:
                         continue  # read again after a restamp; already sent
-                    self._describe(session, buffered)
+                    await self._describe(session, buffered)
                     message = self._dialect.reading(buffered, historical=True)
                     inflight[self._publish(session, message)] = buffered.seq
                 if allowed and len(backlog) < allowed:
@@ -384,13 +393,33 @@ class Forwarder:
             )
         return rows
 
-    def _describe(self, session: MqttSession, buffered: BufferedReading) -> None:
-        """The device's retained description goes before a reading that needs it. It is not
-        tracked like a reading: a session that ends before its PUBACK sends it again after
-        the next birth."""
+    async def _describe(self, session: MqttSession, buffered: BufferedReading) -> None:
+        """The device's retained description goes before a reading that needs it (with its
+        Home Assistant sensors, when discovery is on). Not tracked like a reading: a session
+        that ends before its PUBACK sends it again after the next birth."""
         description = self._dialect.description(buffered)
-        if description is not None:
-            self._publish(session, description)
+        if description is None:
+            return
+        self._publish(session, description)
+        if self._discovery is not None:
+            for message in self._discovery.announce(buffered):
+                self._publish(session, message)
+            await self._save_discovery()
+
+    async def _save_discovery(self) -> None:
+        """Keep what Home Assistant was told, so a device that leaves the config is withdrawn
+        after a restart; a failure is logged once (the sensors stay announced meanwhile)."""
+        discovery = self._discovery
+        if discovery is None or not discovery.changed:
+            return
+        try:
+            await asyncio.to_thread(discovery.save)
+        except OSError as exc:
+            if self._discovery_unsaved is None:
+                log.warning("Home Assistant discovery state not saved (%s); retried", exc)
+            self._discovery_unsaved = str(exc)
+        else:
+            self._discovery_unsaved = None
 
     def _publish(self, session: MqttSession, message: OutgoingMessage) -> int:
         mid = session.publish(message.topic, message.payload, message.qos, message.retain)
