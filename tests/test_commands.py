@@ -166,8 +166,9 @@ def test_commands_do_what_they_say_and_refuse_what_they_must(
     # The retained command left before the start: refused, it would run on every connection.
     assert error_code(results(fleet, "kept")[0]) == "retained"
 
-    # Still alive and well after all that.
+    # Still alive and well after all that; it never subscribed to anything but its own topic.
     assert ask(broker, fleet, {"id": "p2", "command": "ping"})["ok"] is True
+    assert set(broker.subscriptions("fieldgate-gw-test")) == {COMMANDS}
     assert gateway.process is not None
     assert gateway.process.poll() is None
     assert gateway.stop() == 0

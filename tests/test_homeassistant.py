@@ -228,3 +228,5 @@ def test_discovery_against_a_broker_and_a_meter(
             )
             assert fleet.wait_for(lambda f: len(sensors(f)) == 2, timeout=30), gateway.log()
             assert gateway.stop() == 0
+    # Commands are off unless the config turns them on: the gateway subscribed to nothing.
+    assert broker.subscriptions("fieldgate-gw-test") == []
