@@ -216,6 +216,8 @@ class HealthReport:
     dropped: int | None
     quarantined: int | None
     storing_up: bool | None
+    #: Per bus whose driver counts: its line's counters.
+    buses: tuple[tuple[str, LineCounts], ...] = ()
 
 
 @dataclass(slots=True)
@@ -260,7 +262,15 @@ class HealthRegistry:
             dropped=buffer.dropped if buffer else None,
             quarantined=buffer.quarantined if buffer else None,
             storing_up=self.storing.up,
+            buses=tuple(self._bus_counts()),
         )
+
+    def _bus_counts(self) -> Iterable[tuple[str, LineCounts]]:
+        for name, bus in sorted(self.buses.items()):
+            try:
+                yield name, bus.refresh()
+            except Exception:  # a driver's bug must not cost the health message
+                log.debug("bus %s: counters not readable", name, exc_info=True)
 
     def watch_bus(self, name: str, driver: object) -> None:
         """Report bus ``name``'s line counters from now on, if its driver counts them (the hook

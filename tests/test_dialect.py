@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from bench import wire_bytes
 from gateway.buffer import BufferStats
+from gateway.driver import LineCounts
 from gateway.events import BufferedEvent, DeviceDrops, DropReason, EventKind, GatewayEvent
-from gateway.health import HealthRegistry, LatencyHistogram
+from gateway.health import BusHealth, HealthRegistry, LatencyHistogram
 from gateway.readings import (
     BufferedReading,
     DeviceInfo,
@@ -317,6 +318,9 @@ def test_the_health_message_is_retained_and_matches_its_schema():
     registry.device("m3")  # not polled yet
     registry.uplink_counts.connects = 3
     registry.uplink_counts.publish_latency.observe(0.02)
+    registry.buses["rs485"] = BusHealth(
+        "rs485", lambda: LineCounts(requests=10, timeouts=2, crc_errors=1, exceptions=1)
+    )
     stats = BufferStats(waiting=5, oldest_read_at_ms=1764072000000, newest_seq=9, dropped=2)
     for figures in (stats, None):  # None: the buffer cannot be read
         message = dialect.health(registry.report(1764072001000, figures))
@@ -335,6 +339,7 @@ def test_the_health_message_is_retained_and_matches_its_schema():
     assert document["devices"]["m1"]["last_success"] == "2025-11-25T12:00:00.123Z"
     assert document["devices"]["m3"]["up"] is None
     assert document["buffer"]["waiting"] is None
+    assert document["buses"] == {"rs485": {"requests": 10, "timeouts": 2, "errors": 2}}
     assert document["uplink"] == {
         "reconnects": 2,
         "failures": 0,

@@ -203,6 +203,17 @@ class JsonDialect:
                 "quarantined": report.quarantined,
                 "lost": report.readings_lost,
             },
+            "buses": {
+                name: {
+                    "requests": counts.requests,
+                    "timeouts": counts.timeouts,
+                    "errors": counts.crc_errors
+                    + counts.malformed
+                    + counts.late_answers
+                    + counts.exceptions,
+                }
+                for name, counts in report.buses
+            },
             "uplink": {
                 "reconnects": report.uplink_reconnects,
                 "failures": report.uplink_failures,
