@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import jsonschema
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -26,7 +27,7 @@ from gateway.readings import (
 )
 from gateway.upstream.dialect import Dialect, OutgoingMessage
 from gateway.upstream.json_dialect import GatewayInfo, JsonDialect, iso_utc_ms, layout_id
-from tests.wire import validator
+from tests.wire import validate, validator
 
 VALIDATOR = validator("payload")
 #: The largest epoch milliseconds with a four-digit year, as the schema's pattern wants.
@@ -355,3 +356,14 @@ def test_latency_buckets_are_cumulative_and_end_with_inf():
     buckets = dict(histogram.cumulative())
     assert (buckets["0.005"], buckets["0.025"], buckets["10"], buckets["+Inf"]) == (1, 3, 4, 5)
     assert histogram.count == 5
+
+
+def test_the_tests_schema_check_refuses_what_docs_do_not_describe():
+    # tests/wire.py checks every message the broker tests receive: it must be able to fail.
+    validate("site/a/gw-1/status", dialect.birth().payload)
+    with pytest.raises(jsonschema.ValidationError):
+        validate("site/a/gw-1/status", b'{"schema": 2, "gateway": "g", "state": "asleep"}')
+    with pytest.raises(jsonschema.ValidationError):
+        validate("site/a/gw-1/devices/m/reading", b'{"schema": 1}')
+    with pytest.raises(AssertionError):
+        validate("site/a/gw-1/somewhere-new", b"{}")

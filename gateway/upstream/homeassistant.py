@@ -5,7 +5,9 @@ A sensor is announced with a retained config on ``<prefix>/sensor/<node>/<point>
 the forwarder first sends its device's description in a session (so a host device's points,
 known only from its readings, are announced too). Its ``value_template`` picks the point's
 place in the reading's ``values``, guarded by the layout id: a reading of another layout (a
-replay from an older config) leaves the sensor's state as it was. Availability follows the
+replay from an older config) leaves the sensor's state as it was (``this``, the entity's own
+state, which Home Assistant's MQTT value templates are given: mqtt/models.py,
+MqttValueTemplate). Availability follows the
 gateway's retained status. What was announced is kept in a small state file beside the buffer,
 so a device (or point) that left the config is removed (an empty retained config) after a
 restart or a reload.
