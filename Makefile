@@ -57,6 +57,7 @@ bench: $(STAMP) mosquitto dbus
 	$(BIN)/python bench/modbus_line.py
 	$(BIN)/python -m bench.ble
 	$(BIN)/python -m bench.cost
+	$(BIN)/python bench/wire_bytes.py
 
 # Re-pin every dependency (after changing a range in pyproject.toml); commit the result.
 lock: $(STAMP)

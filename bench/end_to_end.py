@@ -319,7 +319,7 @@ def count_window(
         if not start <= arrived < end:
             continue
         readings += 1
-        points += len(message["values"])
+        points += len(message["values"])  # one per point of the description
         partial += message.get("quality") != "good"
         read_at = datetime.fromisoformat(message["ts"]).timestamp()
         latencies.append((arrived - read_at) * 1000)

@@ -24,19 +24,24 @@ METER_PORT = 5020
 BROKER_PORT = 18830
 
 
-def show(message: Received) -> None:
-    if message.topic.endswith("/status"):
+def show(fleet: FleetSubscriber, message: Received) -> None:
+    if message.topic.endswith(("/status", "/description", "/health", "/events")):
         print(f"{message.topic} = {message.payload.decode()}", flush=True)
         return
+    if not message.topic.endswith("/reading"):
+        return
     reading = message.json()
-    values = "  ".join(
-        f"{name}={point['value']:.2f}{point['unit'] or ''}"
-        for name, point in reading["values"].items()
+    # The reading's values follow the points of the device's description (sent before it).
+    values = fleet.values(reading)
+    units = fleet.units(reading)
+    shown = "  ".join(
+        f"{name}={value:.2f}{units[name] or ''}"
+        for name, value in values.items()
         if name in ("voltage_l1", "current_l1", "power_total", "frequency", "import_energy")
         or name in ("soc_temperature", "filesystem_free_percent", "load_1m")
         or name in ("temperature", "humidity", "pressure")
     )
-    print(f"#{reading['seq']} {reading['ts']} {reading['device']}: {values}", flush=True)
+    print(f"#{reading['seq']} {reading['ts']} {reading['device']}: {shown}", flush=True)
 
 
 def start(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -85,7 +90,10 @@ def main() -> int:
             )
             ble_env = start_bluez(processes)
             time.sleep(1.0)
-            with FleetSubscriber(broker.port, topic="fieldgate/#", on_message=show):
+            fleet = FleetSubscriber(
+                broker.port, topic="fieldgate/#", on_message=lambda m: show(fleet, m)
+            )
+            with fleet:
                 print(f"starting: fieldgate run -c {CONFIG.relative_to(REPO)}", flush=True)
                 gateway = [sys.executable, "-m", "gateway", "run", "-c", str(CONFIG)]
                 processes.append(start(gateway, ble_env))

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway import version
 from gateway.buffer_report import add_buffer_parser
 from gateway.config import DEFAULT_CONFIG_PATH
 from gateway.errors import ConfigError, DeviceError, StorageError
@@ -92,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     # The same options after the sub-command too (`fieldgate run -v`). SUPPRESS: a -v given
     # before the sub-command is not reset by the sub-command's default.
@@ -130,15 +131,6 @@ def _parser() -> argparse.ArgumentParser:
     add_buffer_parser(commands, parents=[common])
     _add_modbus_tools(commands, parents=[common])
     return parser
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
-
-    try:
-        return version("fieldgate")
-    except PackageNotFoundError:  # run from a checkout that was never installed
-        return "unknown"
 
 
 def _add_modbus_tools(

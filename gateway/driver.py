@@ -42,6 +42,22 @@ class PolledDevice(Protocol):
         ...
 
 
+@runtime_checkable
+class WritableDevice(Protocol):
+    """Optional beside :class:`PolledDevice`: a device whose points remote commands may set.
+    The core checks the config first (the point is ``writable``, the value within its
+    ``min``..``max``); the driver checks again that it may, writes, reads the point back and
+    compares."""
+
+    async def write(self, point: str, value: float) -> float | int | str | None:
+        """Set ``point`` to ``value`` and return the value the device reports afterwards.
+        Raises :class:`gateway.errors.WriteRefused` when nothing was written (not writable,
+        a value its registers cannot hold) and other :class:`DeviceError` subclasses when the
+        write or the read-back failed (``DeviceProtocolError``: acknowledged, but the device
+        reports another value)."""
+        ...
+
+
 class ReadingSink(Protocol):
     """Where every reading enters the core, whoever produced it (see :mod:`gateway.sink`)."""
 

@@ -52,6 +52,11 @@ class DeviceProtocolError(DeviceError):
     """The device answered with an exception code or a reply that cannot be decoded."""
 
 
+class WriteRefused(DeviceError):
+    """A write was not sent: the point is not writable, the value is outside its limits or
+    its registers cannot hold it. Nothing was written."""
+
+
 class StorageError(FieldgateError):
     """The local SQLite buffer failed."""
 

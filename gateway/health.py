@@ -10,11 +10,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from gateway.driver import CountingBusDriver, LineCounts
 
 log = logging.getLogger(__name__)
+
+
+class BufferFigures(Protocol):
+    """What the health message reads of the buffer (its ``BufferStats``)."""
+
+    @property
+    def waiting(self) -> int: ...
+    @property
+    def oldest_read_at_ms(self) -> int | None: ...
+    @property
+    def dropped(self) -> int: ...
+    @property
+    def quarantined(self) -> int: ...
 
 
 @dataclass(slots=True)
@@ -139,6 +153,73 @@ class BusHealth:
         return self.counts
 
 
+#: Upper bounds (seconds) of the publish latency histogram's buckets: a loopback broker answers
+#: in milliseconds, a cellular link in seconds, an overloaded one in tens of seconds.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(slots=True)
+class LatencyHistogram:
+    """Counts of latencies at most each bound (Prometheus' cumulative buckets are made from
+    these at scrape time), their sum and their number."""
+
+    bounds: tuple[float, ...] = LATENCY_BUCKETS
+    #: One count per bound, and a last one for what exceeds every bound.
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, seconds: float) -> None:
+        index = next((i for i, bound in enumerate(self.bounds) if seconds <= bound), -1)
+        self.counts[index] += 1
+        self.total += seconds
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(upper bound as Prometheus writes it, count at most that), ending with ``+Inf``."""
+        running = 0
+        buckets: list[tuple[str, int]] = []
+        for bound, counted in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += counted
+            buckets.append(("+Inf" if bound == float("inf") else f"{bound:g}", running))
+        return buckets
+
+
+@dataclass(slots=True)
+class UplinkCounts:
+    """What the forwarder counts of its connections and publishes."""
+
+    #: Sessions that connected; every one after the first is a reconnect.
+    connects: int = 0
+    #: From handing a message to the session to its PUBACK.
+    publish_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    @property
+    def reconnects(self) -> int:
+        return max(0, self.connects - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """The figures of the periodic health message, taken at one moment (``at_ms``)."""
+
+    at_ms: int
+    devices: tuple[DeviceHealth, ...]
+    uplink_reconnects: int
+    uplink_failures: int
+    published: int
+    publish_latency_sum: float
+    readings_lost: int
+    #: From the buffer (None when it cannot be read: the disk fails).
+    waiting: int | None
+    oldest_read_at_ms: int | None
+    dropped: int | None
+    quarantined: int | None
+    storing_up: bool | None
+    #: Per bus whose driver counts: its line's counters.
+    buses: tuple[tuple[str, LineCounts], ...] = ()
+
+
 @dataclass(slots=True)
 class HealthRegistry:
     """Every device's health and the core's parts, owned by the service."""
@@ -163,6 +244,33 @@ class HealthRegistry:
     )
     progress: Progress = field(default_factory=Progress)
     buses: dict[str, BusHealth] = field(default_factory=dict)
+    uplink_counts: UplinkCounts = field(default_factory=UplinkCounts)
+
+    def report(self, at_ms: int, buffer: BufferFigures | None) -> HealthReport:
+        """A snapshot for the health message; ``buffer``: the buffer's figures, if readable."""
+        latency = self.uplink_counts.publish_latency
+        return HealthReport(
+            at_ms=at_ms,
+            devices=tuple(replace(device) for device in self.devices.values()),
+            uplink_reconnects=self.uplink_counts.reconnects,
+            uplink_failures=self.uplink.failures,
+            published=latency.count,
+            publish_latency_sum=latency.total,
+            readings_lost=self.progress.readings_lost,
+            waiting=buffer.waiting if buffer else None,
+            oldest_read_at_ms=buffer.oldest_read_at_ms if buffer else None,
+            dropped=buffer.dropped if buffer else None,
+            quarantined=buffer.quarantined if buffer else None,
+            storing_up=self.storing.up,
+            buses=tuple(self._bus_counts()),
+        )
+
+    def _bus_counts(self) -> Iterable[tuple[str, LineCounts]]:
+        for name, bus in sorted(self.buses.items()):
+            try:
+                yield name, bus.refresh()
+            except Exception:  # a driver's bug must not cost the health message
+                log.debug("bus %s: counters not readable", name, exc_info=True)
 
     def watch_bus(self, name: str, driver: object) -> None:
         """Report bus ``name``'s line counters from now on, if its driver counts them (the hook

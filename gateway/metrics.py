@@ -14,7 +14,12 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from gateway.buffer import BufferStats
@@ -86,6 +91,19 @@ class _Snapshot(Collector):
                 parts.add_metric([name], 1.0 if part.up else 0.0)
             failures.add_metric([name], part.failures)
         yield from (parts, failures)
+        counts = health.uplink_counts
+        yield CounterMetricFamily(
+            "fieldgate_uplink_reconnects",
+            "Connections to the broker made again after the first",
+            value=counts.reconnects,
+        )
+        latency = counts.publish_latency
+        yield HistogramMetricFamily(
+            "fieldgate_uplink_publish_latency_seconds",
+            "From handing a message (a reading, an event) to the MQTT session to its PUBACK",
+            buckets=latency.cumulative(),
+            sum_value=latency.total,
+        )
         yield from self._buses()
         if self.buffer is not None:
             yield GaugeMetricFamily(

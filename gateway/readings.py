@@ -80,3 +80,35 @@ def reading_from_values(device: str, read_at_ms: int, values: tuple[PointValue, 
 
 def _is_value(value: float | int | str | None) -> bool:
     return value is not None and (not isinstance(value, float) or math.isfinite(value))
+
+
+@dataclass(frozen=True, slots=True)
+class PointInfo:
+    """What the config says of one point, for the fleet's description of a device."""
+
+    name: str
+    unit: str | None = None
+    #: Remote commands may write it, within ``minimum``..``maximum`` (both given when writable).
+    writable: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    #: Its value is text (a string or an enum's label), not a number.
+    text: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """Who a device is, from the config: what never changes while a config runs, so it goes
+    upstream once (the birth, a device's retained description), not in every reading."""
+
+    name: str
+    bus: str
+    #: The kind of device its bus reaches ("modbus", "host").
+    kind: str
+    template: str | None = None
+    manufacturer: str | None = None
+    model: str | None = None
+    #: electricity, heat, water, gas, pv: what a template says the meter measures.
+    medium: str | None = None
+    #: The configured points, where the config lists them (a host device's depend on the box).
+    points: tuple[PointInfo, ...] = ()

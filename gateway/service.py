@@ -13,28 +13,33 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from drivers.catalog import bus_driver_factory
+from gateway import version
 from gateway.backoff import Backoff
 from gateway.buffer import Buffer
-from gateway.clock import Clock, SystemClock
+from gateway.clock import Clock, SystemClock, epoch_ms
+from gateway.commands import CommandHandler, RecentIds
 from gateway.config.loader import load_config
 from gateway.config.model import GatewayConfig
-from gateway.driver import BusDriver, BusDriverFactory, StreamingBusDriver
+from gateway.driver import BusDriver, BusDriverFactory, PolledDevice, StreamingBusDriver
 from gateway.errors import ConfigError, StorageError
 from gateway.health import HealthRegistry
 from gateway.metrics import serve_metrics
+from gateway.readings import DeviceInfo
+from gateway.reloads import Switch, Switches, watch_for_rollback
 from gateway.scheduler import DevicePoller
 from gateway.shutdown import Budget, Deadline, ShutdownRequest
 from gateway.sink import Sink
 from gateway.systemd import Notifier, report_to_systemd, watchdog_period
 from gateway.upstream.forwarder import Forwarder
-from gateway.upstream.json_dialect import JsonDialect
+from gateway.upstream.homeassistant import Discovery
+from gateway.upstream.json_dialect import GatewayInfo, JsonDialect
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +71,13 @@ async def run_gateway(
     (``gateway.stop_timeout``) with everything stored committed in the buffer. ``drivers``
     gives the factory of a bus type (the catalog's; tests bring drivers of their own).
 
-    SIGHUP reloads ``config_path``: the new config is validated first, and a config with
-    mistakes is refused with the reasons logged while the running one goes on. An accepted one
-    replaces the running one: the parts stop (within the same bound) and start again with it,
-    on the same buffer file or the new one the config names; nothing stored is lost."""
+    SIGHUP reloads ``config_path``, and so does a remote ``reload`` command (or with the config
+    it carries): the new config is validated first, and a config with mistakes is refused with
+    the reasons logged (and returned to the command) while the running one goes on. An
+    accepted one replaces the running one: the parts stop (within the same bound) and start
+    again with it, on the same buffer file or the new one the config names; nothing stored is
+    lost. If the broker was reachable and the new config does not reach its broker within
+    ``gateway.reload_rollback``, the last config that did runs again (gateway.reloads)."""
     clock = clock or SystemClock()
     health = health or HealthRegistry()
     shutdown = shutdown or ShutdownRequest()
@@ -79,12 +87,32 @@ async def run_gateway(
         if stop.is_set():
             log.info("stop requested before start; nothing was opened")
             return
-        running: GatewayConfig | None = config
+        lifetime = _Lifetime(
+            started_ms=epoch_ms(clock),  # the birth's start time: kept across reloads
+            recent=RecentIds(config.commands.remember),
+            switches=Switches(),
+        )
+        running: Switch | None = Switch(config)
+        last_good = config
         while running is not None:
-            shutdown.set_bound(running.gateway.stop_timeout)
-            running = await _run_config(
-                running, config_path, shutdown, stop, clock=clock, health=health, drivers=drivers
+            shutdown.set_bound(running.config.gateway.stop_timeout)
+            connects = health.uplink_counts.connects
+            upcoming = await _run_config(
+                running,
+                config_path,
+                shutdown,
+                stop,
+                clock=clock,
+                health=health,
+                drivers=drivers,
+                lifetime=lifetime,
             )
+            if health.uplink_counts.connects > connects:
+                last_good = running.config
+            if upcoming is not None and upcoming.rolled_back is None and health.uplink.up:
+                # A reload while the broker is reachable must keep it so, or be undone.
+                upcoming = replace(upcoming, fallback=last_good)
+            running = upcoming
         took = shutdown.seconds_since_request()
         log.info(
             "stopped%s", f" {took * 1000:.0f} ms after the request" if took is not None else ""
@@ -93,8 +121,17 @@ async def run_gateway(
         shutdown.detach()
 
 
+@dataclass(frozen=True, slots=True)
+class _Lifetime:
+    """What outlives each config: the start time, the command ids seen, the switches asked."""
+
+    started_ms: int
+    recent: RecentIds
+    switches: Switches
+
+
 async def _run_config(
-    config: GatewayConfig,
+    switch: Switch,
     config_path: Path | None,
     shutdown: ShutdownRequest,
     stop: asyncio.Event,
@@ -102,9 +139,11 @@ async def _run_config(
     clock: Clock,
     health: HealthRegistry,
     drivers: Callable[[str], BusDriverFactory],
-) -> GatewayConfig | None:
-    """Run one config until a stop (returns None) or an accepted reload (returns the new
-    config), and take its parts down within the bound either way."""
+    lifetime: _Lifetime,
+) -> Switch | None:
+    """Run one config until a stop (returns None) or an accepted reload or rollback (returns
+    the switch), and take its parts down within the bound either way."""
+    config = switch.config
     # What an earlier config of this process froze (see _settle) may be garbage now.
     gc.unfreeze()
     health.keep_only(device.name for device in config.devices)
@@ -132,17 +171,30 @@ async def _run_config(
     try:
         async with contextlib.AsyncExitStack() as buses:
             sink = Sink(buffer, health, clock)
-            parts = await _open_buses(config, drivers, buses, sink, clock, ending, health)
+            parts, polled = await _open_buses(config, drivers, buses, sink, clock, ending, health)
             parts.append(_Part("clock watch", sink.watch_clock))
+            described = tuple(device.info() for device in config.devices)
+            dialect = JsonDialect(
+                config.mqtt.topic_prefix,
+                config.gateway.id,
+                GatewayInfo(version(), config.config_hash(), lifetime.started_ms, described),
+            )
             forwarder = Forwarder(
                 config.mqtt,
-                JsonDialect(config.mqtt.topic_prefix, config.gateway.id),
+                dialect,
                 buffer,
                 clock,
                 health.uplink,
                 health.forwarding,
                 gateway_id=config.gateway.id,
                 replay_rate=limits.replay_rate,
+                health=health,
+                health_interval=config.health.interval,
+                commands=_command_handler(
+                    config, config_path, polled, described, buffer, lifetime, clock
+                ),
+                after_birth=switch.outcome(epoch_ms(clock)),
+                discovery=await _discovery(config, dialect, described),
             )
             if config.metrics is not None:
                 parts.append(
@@ -175,6 +227,8 @@ async def _run_config(
             _settle()
             next_config, deadline = await _serve(
                 parts,
+                watch=partial(watch_for_rollback, switch, health, clock, lifetime.switches),
+                switches=lifetime.switches,
                 started=started,
                 notifier=notifier,
                 forwarder=forwarder,
@@ -202,6 +256,54 @@ def _settle() -> None:
     next reload's unfreeze."""
     gc.collect()
     gc.freeze()
+
+
+async def _discovery(
+    config: GatewayConfig, dialect: JsonDialect, described: Sequence[DeviceInfo]
+) -> Discovery | None:
+    """Home Assistant discovery, when the config asks for it; what it announced before is
+    kept beside the buffer."""
+    if not config.homeassistant.discovery:
+        return None
+    return await asyncio.to_thread(
+        partial(
+            Discovery,
+            prefix=config.homeassistant.prefix,
+            gateway_id=config.gateway.id,
+            status_topic=dialect.status_topic,
+            reading_topic=dialect.reading_topic("{device}"),
+            devices=described,
+            state_file=config.buffer.path.parent / "homeassistant-discovery.json",
+        )
+    )
+
+
+def _command_handler(  # noqa: PLR0917 - what commands reach
+    config: GatewayConfig,
+    config_path: Path | None,
+    polled: Mapping[str, PolledDevice],
+    described: Sequence[DeviceInfo],
+    buffer: Buffer,
+    lifetime: _Lifetime,
+    clock: Clock,
+) -> CommandHandler | None:
+    if not config.commands.enabled:
+        return None
+
+    async def request_reload(new: GatewayConfig, command_id: str) -> None:
+        lifetime.switches.ask(Switch(new, command_id))
+
+    return CommandHandler(
+        prefix=config.mqtt.topic_prefix,
+        gateway_id=config.gateway.id,
+        devices=polled,
+        described={device.name: device for device in described},
+        buffer=buffer,
+        recent=lifetime.recent,
+        reload=request_reload,
+        config_path=config_path,
+        now_ms=partial(epoch_ms, clock),
+    )
 
 
 async def _reload(shutdown: ShutdownRequest, config_path: Path | None) -> GatewayConfig | None:
@@ -246,13 +348,17 @@ async def _open_buses(  # noqa: PLR0917 - one caller, each argument a different 
     clock: Clock,
     stop: asyncio.Event,
     health: HealthRegistry,
-) -> list[_Part]:
-    """Open every bus and return the parts that poll and stream them. A bus whose driver fails
-    to open (which the driver contract forbids: a bug) costs that bus's devices only: it becomes
-    a part that retries the opening with a backoff and then runs its own pollers."""
+) -> tuple[list[_Part], dict[str, PolledDevice]]:
+    """Open every bus and return the parts that poll and stream them, and the polled devices
+    by name (for remote commands; a bus opened later adds its own). A bus whose driver fails
+    to open (which the driver contract forbids: a bug) costs that bus's devices only: it
+    becomes a part that retries the opening with a backoff and then runs its own pollers."""
+    polled: dict[str, PolledDevice] = {}
     parts: list[_Part] = []
     for bus_config in config.buses:
-        bus_parts = _BusParts(bus_config, config.devices_on(bus_config.name), sink, clock, stop)
+        bus_parts = _BusParts(
+            bus_config, config.devices_on(bus_config.name), sink, clock, stop, polled
+        )
         opening = partial(
             _open_bus, bus_config, config.devices_on(bus_config.name), drivers, buses, clock
         )
@@ -271,7 +377,7 @@ async def _open_buses(  # noqa: PLR0917 - one caller, each argument a different 
             )
         else:
             parts += bus_parts.of(bus, health)
-    return parts
+    return parts, polled
 
 
 async def _open_bus(
@@ -286,21 +392,24 @@ async def _open_bus(
 
 
 class _BusParts:
-    """The parts of one open bus: a poller per polled device and the stream of a streaming bus."""
+    """The parts of one open bus: a poller per polled device and the stream of a streaming bus.
+    Its polled devices join ``polled`` (what remote commands reach) once the bus is open."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - one caller
         self,
         bus_config: Any,
         devices: Sequence[Any],
         sink: Sink,
         clock: Clock,
         stop: asyncio.Event,
+        polled: dict[str, PolledDevice],
     ) -> None:
         self._config = bus_config
         self._devices = devices
         self._sink = sink
         self._clock = clock
         self._stop = stop
+        self._polled = polled
 
     def of(self, bus: BusDriver, health: HealthRegistry) -> list[_Part]:
         health.watch_bus(self._config.name, bus)  # line counters, if the driver counts them
@@ -310,6 +419,7 @@ class _BusParts:
                 _Part(f"stream of bus {self._config.name}", _stream_runner(bus, self._sink))
             )
         polled = {device.name: device for device in bus.devices}
+        self._polled.update(polled)
         for device in self._devices:
             if device.name in polled:
                 poller = DevicePoller(
@@ -364,24 +474,31 @@ async def _serve(
     shutdown: ShutdownRequest,
     clock: Clock,
     reload: Callable[[], Awaitable[GatewayConfig | None]],
-) -> tuple[GatewayConfig | None, Deadline]:
-    """Run the parts until a stop or an accepted reload; returns the new config (None for a
-    stop) and the deadline the rest of the teardown keeps."""
+    watch: Callable[[], Coroutine[Any, Any, None]],
+    switches: Switches,
+) -> tuple[Switch | None, Deadline]:
+    """Run the parts until a stop, an accepted reload or a rollback; returns the switch (None
+    for a stop) and the deadline the rest of the teardown keeps."""
     producers = {
         asyncio.create_task(_keep_running(part, ending, clock), name=part.name) for part in parts
     }
+    producers.add(asyncio.create_task(watch(), name="reload watch"))
     uplink = asyncio.create_task(
         _keep_running(_Part("uplink", forwarder.run), ending, clock), name="uplink"
     )
-    next_config: GatewayConfig | None = None
+    next_config: Switch | None = None
     deadline: Deadline = shutdown
     try:
         log.info("fieldgate running: %s", started)
         notifier.send(f"READY=1\nSTATUS={health.status_line()}")
         while next_config is None and not stop.is_set():
-            await _first_of(stop, shutdown.reload)
-            if not stop.is_set():
-                next_config = await reload()
+            await _first_of(stop, shutdown.reload, switches.asked)
+            if stop.is_set():
+                break
+            next_config = switches.take()
+            if next_config is None and shutdown.reload.is_set():
+                reloaded = await reload()
+                next_config = Switch(reloaded) if reloaded is not None else None
     finally:
         # Also when we are cancelled ourselves: no task outlives its owner, and the bound holds.
         ending.set()

@@ -11,6 +11,7 @@ from fieldgate_sim.fleet import FleetSubscriber
 from fieldgate_sim.mosquitto import MosquittoBroker
 
 from tests.harness import GatewayProcess
+from tests.wire import CheckedFleet
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def broker() -> Iterator[MosquittoBroker]:
 
 @pytest.fixture
 def fleet(broker: MosquittoBroker) -> Iterator[FleetSubscriber]:
-    with FleetSubscriber(broker.port) as subscriber:
+    with CheckedFleet(broker.port) as subscriber:
         yield subscriber
 
 

@@ -202,3 +202,15 @@ def test_an_inline_password_is_refused_without_repeating_it():
     assert result.returncode == 78
     assert "did you mean 'password_file'" in result.stderr
     assert "hunter2" not in result.stderr
+
+
+def test_the_config_hash_is_of_what_the_config_means_and_leaves_the_password_out():
+    base = "gateway: {id: g}\nmqtt: {host: b, username: u, password_file: /run/a}\n"
+    base += "buses: [{name: box, type: host}]\ndevices: [{name: d, bus: box}]\n"
+    spelled_out = base.replace("{id: g}", "{id: g, stop_timeout: 5s}")  # the default, written
+    other_secret = base.replace("/run/a", "/run/b")
+    other_meaning = base.replace("{name: d, bus: box}", "{name: d, bus: box, interval: 5s}")
+    hashes = [parse_config(text).config_hash() for text in (base, spelled_out, other_secret)]
+    assert len(set(hashes)) == 1
+    assert hashes[0].startswith("sha256:")
+    assert parse_config(other_meaning).config_hash() != hashes[0]

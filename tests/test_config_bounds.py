@@ -26,8 +26,8 @@ from gateway.config.loader import (
     parse_config,
 )
 from gateway.errors import ConfigError
-from gateway.upstream.json_dialect import JsonDialect
 from tests.harness import REPO
+from tests.wire import dialect as wire_dialect
 
 BASE = (
     (REPO / "tests/config_cases/unknown_key/config.yaml")
@@ -111,7 +111,7 @@ def test_host_names_beyond_rfc_1123_are_refused(host):
 
 def test_the_longest_topic_fits_mqtt_with_room_to_spare():
     # Names (gateway id, device) are at most 64 characters; the prefix at most 256; all ASCII.
-    dialect = JsonDialect("p" * TOPIC_PREFIX_MAX, "g" * 64)
+    dialect = wire_dialect("p" * TOPIC_PREFIX_MAX, "g" * 64)
     longest = dialect.reading_topic("d" * 64).encode()
     assert len(longest) == 402
     assert len(longest) < 65535
@@ -192,3 +192,18 @@ def test_the_state_directory_is_the_units():
     unit = configparser.ConfigParser(strict=False, interpolation=None)
     unit.read(REPO / "systemd" / "fieldgate.service")
     assert Path("/var/lib") / unit["Service"]["StateDirectory"] == STATE_DIRECTORY
+
+
+@pytest.mark.parametrize(
+    ("interval", "seconds"), [("0", 0.0), ("0s", 0.0), ("1s", 1.0), ("1d", 86400.0)]
+)
+def test_the_health_interval_is_a_period_or_off(interval, seconds):
+    text = BASE + f"health:\n  interval: {interval}\n"
+    assert parse_config(text).health.interval == seconds
+
+
+@pytest.mark.parametrize("interval", ["500ms", "2d", "-1s", "off"])
+def test_a_health_interval_out_of_range_is_refused_with_its_line(interval):
+    text = BASE + f"health:\n  interval: {interval}\n"
+    (problem,) = problems_of(text)
+    assert "health.interval" in problem

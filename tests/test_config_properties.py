@@ -33,9 +33,9 @@ from gateway.config.loader import config_json_schema, parse_config
 from gateway.config.model import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.scheduler import next_slot
-from gateway.upstream.json_dialect import JsonDialect
 from tests.harness import REPO, GatewayProcess
 from tests.schema_strategy import from_schema
+from tests.wire import dialect as wire_dialect
 
 SCHEMA = config_json_schema()
 DEFS: dict[str, Any] = SCHEMA["$defs"]
@@ -171,7 +171,7 @@ def assert_within_what_run_takes(config: GatewayConfig) -> None:
         CallbackAPIVersion.VERSION2,
         client_id=config.mqtt.client_id or f"fieldgate-{config.gateway.id}",
     )
-    dialect = JsonDialect(config.mqtt.topic_prefix, config.gateway.id)
+    dialect = wire_dialect(config.mqtt.topic_prefix, config.gateway.id)
     will = dialect.will()
     client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
     for device in config.devices:

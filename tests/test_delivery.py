@@ -21,6 +21,7 @@ from tests.harness import (
     start_gateway,
     wait_until,
 )
+from tests.wire import CheckedFleet
 
 FAST_METERS = """\
 - name: m1
@@ -185,22 +186,22 @@ def test_status_is_retained_online_then_offline(
         gateway = start_gateway(gateways, tmp_path, config)
         status = "fieldgate/gw-test/status"
 
-        def latest_status(subscriber: FleetSubscriber) -> bytes | None:
+        def latest_status(subscriber: FleetSubscriber) -> str | None:
             found = subscriber.messages(lambda t: t == status)
-            return found[-1].payload if found else None
+            return found[-1].json()["state"] if found else None
 
-        with FleetSubscriber(broker.port, topic=status) as watcher:
-            assert watcher.wait_for(lambda w: latest_status(w) == b"online", timeout=20)
+        with CheckedFleet(broker.port, topic=status) as watcher:
+            assert watcher.wait_for(lambda w: latest_status(w) == "online", timeout=20)
         # Killed without a goodbye: the broker publishes the last will.
-        with FleetSubscriber(broker.port, topic=status) as watcher:
+        with CheckedFleet(broker.port, topic=status) as watcher:
             gateway.kill()
-            assert watcher.wait_for(lambda w: latest_status(w) == b"offline", timeout=10)
+            assert watcher.wait_for(lambda w: latest_status(w) == "offline", timeout=10)
         # Retained: a subscriber arriving later still sees the state.
         gateway = start_gateway(gateways, tmp_path, config)
-        with FleetSubscriber(broker.port, topic=status) as watcher:
-            assert watcher.wait_for(lambda w: latest_status(w) == b"online", timeout=20)
+        with CheckedFleet(broker.port, topic=status) as watcher:
+            assert watcher.wait_for(lambda w: latest_status(w) == "online", timeout=20)
             assert gateway.stop() == 0
-            assert watcher.wait_for(lambda w: latest_status(w) == b"offline", timeout=10)
-        with FleetSubscriber(broker.port, topic=status) as late:
-            assert late.wait_for(lambda w: latest_status(w) == b"offline", timeout=5)
+            assert watcher.wait_for(lambda w: latest_status(w) == "offline", timeout=10)
+        with CheckedFleet(broker.port, topic=status) as late:
+            assert late.wait_for(lambda w: latest_status(w) == "offline", timeout=5)
             assert late.messages()[-1].retain

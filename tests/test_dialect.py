@@ -12,20 +12,52 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bench import wire_bytes
+from gateway.buffer import BufferStats
+from gateway.driver import LineCounts
 from gateway.events import BufferedEvent, DeviceDrops, DropReason, EventKind, GatewayEvent
-from gateway.readings import BufferedReading, PointValue, Quality, Reading
-from gateway.upstream.dialect import Dialect, OutgoingMessage
-from gateway.upstream.json_dialect import JsonDialect, iso_utc_ms
-from tests.harness import REPO
-
-SCHEMA = json.loads((REPO / "docs" / "payload.schema.json").read_text())
-VALIDATOR = jsonschema.Draft202012Validator(
-    SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+from gateway.health import BusHealth, HealthRegistry, LatencyHistogram
+from gateway.readings import (
+    BufferedReading,
+    DeviceInfo,
+    PointInfo,
+    PointValue,
+    Quality,
+    Reading,
 )
+from gateway.upstream.dialect import Dialect, OutgoingMessage
+from gateway.upstream.json_dialect import GatewayInfo, JsonDialect, iso_utc_ms, layout_id
+from tests.wire import validate, validator
+
+VALIDATOR = validator("payload")
 #: The largest epoch milliseconds with a four-digit year, as the schema's pattern wants.
 LAST_MS_OF_9999 = 253402300799999
 
-dialect = JsonDialect("site/a", "gw-1")
+METER = DeviceInfo(
+    "m1",
+    "rs485",
+    "modbus",
+    template="eastron-sdm630",
+    manufacturer="Eastron",
+    model="SDM630-Modbus",
+    medium="electricity",
+    points=(
+        PointInfo("voltage_l1", "V"),
+        PointInfo("import_energy", "kWh"),
+        PointInfo("setpoint", "W", writable=True, minimum=0, maximum=5000),
+    ),
+)
+#: How the birth and the description name METER.
+METER_IDENTITY = {
+    "bus": "rs485",
+    "kind": "modbus",
+    "template": "eastron-sdm630",
+    "manufacturer": "Eastron",
+    "model": "SDM630-Modbus",
+    "medium": "electricity",
+}
+INFO = GatewayInfo("1.2.3", "sha256:" + "ab" * 32, 1764072000123, (METER,))
+dialect = JsonDialect("site/a", "gw-1", INFO)
 
 
 def test_json_dialect_is_a_dialect():
@@ -33,46 +65,93 @@ def test_json_dialect_is_a_dialect():
     assert chosen.birth().topic == "site/a/gw-1/status"
 
 
-def test_partial_reading_is_these_exact_bytes():
-    buffered = BufferedReading(
-        42,
-        Reading(
-            "m1",
-            1764072000123,
-            (
-                PointValue("voltage_l1", 231.5, "V"),
-                PointValue("import_energy", None, "kWh"),
-                PointValue("count", 7, None),
-            ),
-            Quality.PARTIAL,
+PARTIAL = BufferedReading(
+    42,
+    Reading(
+        "m1",
+        1764072000123,
+        (
+            PointValue("voltage_l1", 231.5, "V"),
+            PointValue("import_energy", None, "kWh"),
+            PointValue("count", 7, None),
         ),
-    )
-    message = dialect.reading(buffered)
+        Quality.PARTIAL,
+    ),
+)
+
+
+def test_partial_reading_is_these_exact_bytes():
+    message = dialect.reading(PARTIAL)
     assert message == OutgoingMessage(
         "site/a/gw-1/devices/m1/reading",
-        b'{"gateway":"gw-1","device":"m1","seq":42,"ts":"2025-11-25T12:00:00.123Z",'
-        b'"quality":"partial","values":{"voltage_l1":{"value":231.5,"unit":"V"},'
-        b'"import_energy":{"value":null,"unit":"kWh"},"count":{"value":7,"unit":null}}}',
+        b'{"schema":2,"gateway":"gw-1","device":"m1","seq":42,"ts":"2025-11-25T12:00:00.123Z",'
+        b'"quality":"partial","layout":"' + layout_of(PARTIAL).encode() + b'",'
+        b'"values":[231.5,null,7]}',
         retain=False,
         qos=1,
     )
     VALIDATOR.validate(json.loads(message.payload))
 
 
-def test_good_reading_without_points_is_valid():
-    message = dialect.reading(BufferedReading(1, Reading("m2", 0, ())))
-    assert message.topic == "site/a/gw-1/devices/m2/reading"
-    document = json.loads(message.payload)
-    assert document["quality"] == "good"
-    assert document["ts"] == "1970-01-01T00:00:00.000Z"
-    VALIDATOR.validate(document)
+def layout_of(buffered: BufferedReading) -> str:
+    return layout_id(tuple((p.name, p.unit) for p in buffered.reading.values))
 
 
-def test_status_messages_are_retained_qos1():
+def test_the_description_goes_once_per_session_and_layout_and_says_the_points():
+    session = JsonDialect("site/a", "gw-1", INFO)
+    session.birth()
+    first = session.description(PARTIAL)
+    assert first is not None
+    assert (first.topic, first.retain, first.qos) == ("site/a/gw-1/devices/m1/description", True, 1)
+    document = json.loads(first.payload)
+    validator("description").validate(document)
+    assert document == {
+        "schema": 2,
+        "gateway": "gw-1",
+        "device": "m1",
+        **METER_IDENTITY,
+        "layout": layout_of(PARTIAL),
+        "points": [
+            {"name": "voltage_l1", "unit": "V"},
+            {"name": "import_energy", "unit": "kWh"},
+            {"name": "count", "unit": None},
+        ],
+    }
+    assert session.description(PARTIAL) is None  # sent already in this session
+    changed = BufferedReading(43, Reading("m1", 0, (PointValue("setpoint", 10, "W"),)))
+    again = session.description(changed)
+    assert again is not None
+    assert json.loads(again.payload)["points"] == [
+        {"name": "setpoint", "unit": "W", "writable": True, "min": 0, "max": 5000}
+    ]
+    session.birth()  # a new session: the fleet's broker may have lost the retained one
+    assert session.description(changed) is not None
+
+
+def test_a_layout_id_is_the_same_for_the_same_points_and_differs_otherwise():
+    assert layout_id((("v", "V"),)) == layout_id((("v", "V"),))
+    assert layout_id((("v", "V"),)) != layout_id((("v", "mV"),))
+    assert layout_id((("a", None), ("b", None))) != layout_id((("b", None), ("a", None)))
+
+
+def test_birth_says_who_and_what_and_the_status_messages_are_retained_qos1():
     will, birth, goodbye = dialect.will(), dialect.birth(), dialect.goodbye()
     assert {will.topic, birth.topic, goodbye.topic} == {"site/a/gw-1/status"}
-    assert (will.payload, birth.payload, goodbye.payload) == (b"offline", b"online", b"offline")
     assert all(m.retain and m.qos == 1 for m in (will, birth, goodbye))
+    offline = {"schema": 2, "gateway": "gw-1", "state": "offline"}
+    assert json.loads(will.payload) == json.loads(goodbye.payload) == offline
+    document = json.loads(birth.payload)
+    assert document == {
+        "schema": 2,
+        "gateway": "gw-1",
+        "state": "online",
+        "version": "1.2.3",
+        "config": "sha256:" + "ab" * 32,
+        "started": "2025-11-25T12:00:00.123Z",
+        "devices": [{"name": "m1", **METER_IDENTITY}],
+    }
+    for message in (will, birth, goodbye):
+        validator("status").validate(json.loads(message.payload))
 
 
 def test_non_finite_values_are_refused_not_sent():
@@ -141,9 +220,15 @@ def test_every_reading_matches_the_schema_and_decodes_back(buffered: BufferedRea
         buffered.seq,
     )
     assert document["quality"] == reading.quality.value
-    assert document["values"] == {
-        p.name: {"value": p.value, "unit": p.unit} for p in reading.values
-    }
+    description = dialect.description(buffered)
+    if description is not None:
+        validator("description").validate(json.loads(description.payload))
+        points = json.loads(description.payload)["points"]
+        assert [(p["name"], p["unit"]) for p in points] == [
+            (p.name, p.unit) for p in reading.values
+        ]
+    assert document["layout"] == layout_of(buffered)
+    assert document["values"] == [p.value for p in reading.values]
 
 
 def test_a_historical_reading_says_so_and_a_live_one_is_unchanged():
@@ -155,10 +240,7 @@ def test_a_historical_reading_says_so_and_a_live_one_is_unchanged():
     VALIDATOR.validate(historical)
 
 
-EVENT_SCHEMA = json.loads((REPO / "docs" / "event.schema.json").read_text())
-EVENT_VALIDATOR = jsonschema.Draft202012Validator(
-    EVENT_SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
-)
+EVENT_VALIDATOR = validator("event")
 
 
 def test_a_drop_event_is_these_exact_bytes():
@@ -176,7 +258,7 @@ def test_a_drop_event_is_these_exact_bytes():
     message = dialect.event(BufferedEvent(12, event))
     assert message == OutgoingMessage(
         "site/a/gw-1/events",
-        b'{"gateway":"gw-1","event":"dropped","ts":"2025-11-25T12:00:00.123Z","id":12,'
+        b'{"schema":2,"gateway":"gw-1","event":"dropped","ts":"2025-11-25T12:00:00.123Z","id":12,'
         b'"reason":"max_size","count":6,"devices":{"m1":{"count":4,'
         b'"first_ts":"2025-11-25T11:43:20.000Z","last_ts":"2025-11-25T11:43:23.000Z"},'
         b'"m2":{"count":2,"first_ts":"2025-11-25T11:43:20.500Z",'
@@ -222,3 +304,66 @@ def test_every_event_matches_the_schema_and_survives_the_store(buffered: Buffere
     assert document["event"] == buffered.event.kind.value
     # What the buffer stores is what it reads back.
     assert GatewayEvent.from_json(buffered.event.to_json()) == buffered.event
+
+
+def test_a_value_costs_at_most_20_bytes_upstream_in_issue_11s_shape():
+    # bench/wire_bytes.py in short: 30 float32 points of a simulated SDM630, a minute of polls.
+    figures = wire_bytes.measure(wire_bytes.readings(60))
+    assert figures.packets / figures.values <= wire_bytes.TARGET
+
+
+def test_the_health_message_is_retained_and_matches_its_schema():
+    registry = HealthRegistry()
+    registry.device("m1").succeeded(1764072000123)
+    registry.device("m2").failed("no answer within the timeout")
+    registry.device("m3")  # not polled yet
+    registry.uplink_counts.connects = 3
+    registry.uplink_counts.publish_latency.observe(0.02)
+    registry.buses["rs485"] = BusHealth(
+        "rs485", lambda: LineCounts(requests=10, timeouts=2, crc_errors=1, exceptions=1)
+    )
+    stats = BufferStats(waiting=5, oldest_read_at_ms=1764072000000, newest_seq=9, dropped=2)
+    for figures in (stats, None):  # None: the buffer cannot be read
+        message = dialect.health(registry.report(1764072001000, figures))
+        assert (message.topic, message.retain, message.qos) == ("site/a/gw-1/health", True, 1)
+        document = json.loads(message.payload)
+        validator("health").validate(document)
+    assert document["devices"]["m2"] == {
+        "up": False,
+        "last_success": None,
+        "polls_ok": 0,
+        "polls_failed": 1,
+        "driver_faults": 0,
+        "cycles_skipped": 0,
+        "error": "no answer within the timeout",
+    }
+    assert document["devices"]["m1"]["last_success"] == "2025-11-25T12:00:00.123Z"
+    assert document["devices"]["m3"]["up"] is None
+    assert document["buffer"]["waiting"] is None
+    assert document["buses"] == {"rs485": {"requests": 10, "timeouts": 2, "errors": 2}}
+    assert document["uplink"] == {
+        "reconnects": 2,
+        "failures": 0,
+        "acknowledged": 1,
+        "publish_latency_sum_s": 0.02,
+    }
+
+
+def test_latency_buckets_are_cumulative_and_end_with_inf():
+    histogram = LatencyHistogram()
+    for seconds in (0.001, 0.02, 0.02, 7.0, 1000.0):
+        histogram.observe(seconds)
+    buckets = dict(histogram.cumulative())
+    assert (buckets["0.005"], buckets["0.025"], buckets["10"], buckets["+Inf"]) == (1, 3, 4, 5)
+    assert histogram.count == 5
+
+
+def test_the_tests_schema_check_refuses_what_docs_do_not_describe():
+    # tests/wire.py checks every message the broker tests receive: it must be able to fail.
+    validate("site/a/gw-1/status", dialect.birth().payload)
+    with pytest.raises(jsonschema.ValidationError):
+        validate("site/a/gw-1/status", b'{"schema": 2, "gateway": "g", "state": "asleep"}')
+    with pytest.raises(jsonschema.ValidationError):
+        validate("site/a/gw-1/devices/m/reading", b'{"schema": 1}')
+    with pytest.raises(AssertionError):
+        validate("site/a/gw-1/somewhere-new", b"{}")

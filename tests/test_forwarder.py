@@ -24,8 +24,8 @@ from gateway.events import EventKind
 from gateway.health import PartHealth
 from gateway.readings import PointValue, Quality, Reading
 from gateway.upstream.forwarder import Forwarder
-from gateway.upstream.json_dialect import JsonDialect
 from tests.harness import held_write_lock, run_fieldgate
+from tests.wire import dialect as wire_dialect
 
 #: Liveness bound for waits; generous, never a claim about speed.
 PATIENCE = 60.0
@@ -70,7 +70,7 @@ class Parts:
         )
         self.forwarder = Forwarder(
             config,
-            JsonDialect("fieldgate", "gw-f"),
+            wire_dialect("fieldgate", "gw-f"),
             buffer,
             SystemClock(),
             self.uplink,
@@ -133,21 +133,26 @@ async def test_delivers_in_order_and_deletes_only_after_puback(
 
         statuses = fleet.messages(lambda t: t == STATUS)
         await parts.forwarder.say_goodbye(timeout=PATIENCE)
-        await eventually(lambda: fleet.messages(lambda t: t == STATUS)[-1].payload == b"offline")
-    assert statuses[-1].payload == b"online"
+        await eventually(
+            lambda: fleet.messages(lambda t: t == STATUS)[-1].json()["state"] == "offline"
+        )
+    assert statuses[-1].json()["state"] == "online"
 
     assert_complete_and_ordered(seqs_received(fleet), 350)
     first = fleet.readings()[0]
     assert first == {
+        "schema": 2,
         "gateway": "gw-f",
         "device": "m1",
         "seq": 1,
         "ts": "2025-11-25T12:00:00.001Z",
         "quality": "good",
-        "values": {"v": {"value": 1.0, "unit": "V"}},
+        "layout": fleet.description(first)["layout"],
+        "values": [1.0],
         # Stored before the session began: the backlog, sent marked historical.
         "historical": True,
     }
+    assert fleet.description(first)["points"] == [{"name": "v", "unit": "V"}]
     assert records(caplog, "unavailable") == 1
     assert records(caplog, "reachable again") == 1
 
@@ -284,7 +289,7 @@ async def test_live_readings_overtake_a_paced_backlog_marked_historical(
         # A slow pace, so that the backlog is still draining when live readings come.
         parts.forwarder = Forwarder(
             MqttConfig(host=broker.host, port=broker.port, max_inflight=5, reconnect_max=0.5),
-            JsonDialect("fieldgate", "gw-f"),
+            wire_dialect("fieldgate", "gw-f"),
             buffer,
             SystemClock(),
             parts.uplink,

@@ -37,7 +37,16 @@ CORE_LIBRARY_ROOMS = {
     "drivers.catalog": {"gateway/config/model.py", "gateway/service.py", "gateway/cli.py"},
 }
 #: What a dialect (pure: no I/O) may import.
-DIALECT_MAY_IMPORT = {"__future__", "json", "dataclasses", "datetime", "typing", "collections.abc"}
+#: hashlib: a layout's id is a hash of its points (pure, no I/O).
+DIALECT_MAY_IMPORT = {
+    "__future__",
+    "json",
+    "dataclasses",
+    "datetime",
+    "typing",
+    "collections.abc",
+    "hashlib",
+}
 
 
 def imported_modules(path: Path) -> set[str]:

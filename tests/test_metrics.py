@@ -23,6 +23,7 @@ from gateway.readings import PointValue, Reading
 from gateway.service import run_gateway
 from gateway.shutdown import ShutdownRequest
 from tests.own_drivers import OwnBus, own_drivers
+from tests.wire import CheckedFleet
 
 
 class Meter:
@@ -55,13 +56,21 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return found
 
 
-async def test_metrics_show_devices_buffer_and_uplink(broker: MosquittoBroker, tmp_path: Path):
+def health_says_alive_polled(fleet: CheckedFleet) -> bool:
+    found = fleet.messages(lambda t: t == "fieldgate/gw-metrics/health")
+    return bool(found) and found[-1].json()["devices"]["alive"]["polls_ok"] >= 1
+
+
+async def test_metrics_show_devices_buffer_and_uplink_and_the_health_message_too(
+    broker: MosquittoBroker, fleet: CheckedFleet, tmp_path: Path
+):
     port = free_port()
     config = parse_config(
         "gateway: {id: gw-metrics, stop_timeout: 5s}\n"
         f"mqtt: {{host: 127.0.0.1, port: {broker.port}, reconnect_max: 1s}}\n"
         f"buffer: {{path: {tmp_path / 'b.db'}}}\n"
         f"metrics: {{port: {port}}}\n"
+        "health: {interval: 1s}\n"
         "buses: [{name: box, type: host}]\n"
         "devices: [{name: alive, bus: box, interval: 100ms}, "
         "{name: dead, bus: box, interval: 100ms}]\n"
@@ -84,7 +93,12 @@ async def test_metrics_show_devices_buffer_and_uplink(broker: MosquittoBroker, t
                     status, text = await asyncio.to_thread(scrape, url)
                 except OSError:  # not listening yet
                     status, text = 0, ""
-                if status == 200 and health.devices["alive"].polls_ok >= 3 and health.uplink.up:
+                if (
+                    status == 200
+                    and health.devices["alive"].polls_ok >= 3
+                    and health.uplink.up
+                    and health_says_alive_polled(fleet)
+                ):
                     status, text = await asyncio.to_thread(scrape, url)
                     break
                 await asyncio.sleep(0.1)
@@ -103,6 +117,21 @@ async def test_metrics_show_devices_buffer_and_uplink(broker: MosquittoBroker, t
     assert found[("fieldgate_part_up", (("part", "uplink"),))] == 1.0
     assert found[("fieldgate_readings_stored_total", ())] >= 3
     assert ("fieldgate_buffer_rows_waiting", ()) in found
+    # Publish latency (a histogram: cumulative buckets, +Inf = count) and reconnects.
+    acknowledged = found[("fieldgate_uplink_publish_latency_seconds_count", ())]
+    assert acknowledged >= 1
+    assert found[("fieldgate_uplink_publish_latency_seconds_bucket", (("le", "+Inf"),))] == (
+        acknowledged
+    )
+    assert found[("fieldgate_uplink_reconnects_total", ())] == 0
+    # The health message (validated against docs/health.schema.json on arrival) says the same.
+    document = fleet.messages(lambda t: t == "fieldgate/gw-metrics/health")[-1].json()
+    assert document["devices"]["dead"]["up"] is False
+    assert document["devices"]["dead"]["polls_failed"] >= 1
+    assert "no answer" in document["devices"]["dead"]["error"]
+    assert document["devices"]["alive"]["last_success"] is not None
+    assert document["buffer"]["waiting"] is not None
+    assert document["uplink"]["reconnects"] == 0
 
 
 def test_metrics_listen_on_localhost_by_default():

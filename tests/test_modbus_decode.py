@@ -22,8 +22,10 @@ from drivers.modbus.config import (
 )
 from drivers.modbus.decode import (
     BlockDecoder,
+    NotEncodable,
     decode_point,
     decode_registers,
+    encode_point,
     scale_value,
     shortest_float32,
 )
@@ -378,3 +380,41 @@ def test_block_decoder_gives_what_decode_point_gives(point: ModbusPoint, registe
     assert type(value) is type(expected)
     both_nan = isinstance(value, float) and math.isnan(value) and math.isnan(float(expected))
     assert value == expected or both_nan
+
+
+_WRITABLE_TYPES = [t for t in ValueType if t not in (ValueType.STRING, ValueType.ENUM)]
+
+
+@given(
+    value_type=st.sampled_from([t for t in _WRITABLE_TYPES if t is not ValueType.BOOL]),
+    word_order=st.sampled_from(WordOrder),
+    byte_order=st.sampled_from(ByteOrder),
+    raw=st.integers(min_value=0, max_value=32767),
+)
+def test_a_written_value_reads_back_as_itself(value_type, word_order, byte_order, raw):
+    point = ModbusPoint.model_validate(
+        {
+            "name": "p",
+            "address": 0,
+            "type": value_type,
+            "word_order": word_order,
+            "byte_order": byte_order,
+            "scale": 0.1,
+        }
+    )
+    value = decode_point(point, encode_point(point, raw / 10))
+    assert value == pytest.approx(raw / 10, rel=1e-6)
+
+
+def test_values_the_registers_cannot_hold_are_refused():
+    u16 = ModbusPoint.model_validate({"name": "p", "address": 0, "type": "u16", "scale": 0.1})
+    with pytest.raises(NotEncodable, match="multiple of its scale"):
+        encode_point(u16, 1.05)
+    with pytest.raises(NotEncodable, match="does not fit"):
+        encode_point(u16, -1)
+    coil = ModbusPoint.model_validate(
+        {"name": "c", "address": 0, "type": "bool", "register": "coil"}
+    )
+    assert encode_point(coil, 1) == [True]
+    with pytest.raises(NotEncodable, match="write 0 or 1"):
+        encode_point(coil, 2)

@@ -21,6 +21,7 @@ from fieldgate_sim.mosquitto import MosquittoBroker
 
 from tests.harness import GatewayProcess, gateway_yaml, reading_seqs, start_gateway, wait_until
 from tests.test_delivery import FAST_METERS, lan, newest_seq_stored
+from tests.wire import CheckedFleet
 
 EVENTS = "fieldgate/gw-test/events"
 
@@ -185,7 +186,7 @@ def test_broker_restarted_without_persistence_loses_nothing(
     buffer_path = tmp_path / "buffer.db"
     with (
         MosquittoBroker(persistence=False) as broker,
-        FleetSubscriber(broker.port) as before,
+        CheckedFleet(broker.port) as before,
         start_in_thread([Sdm630Meter(1), Sdm630Meter(2)]) as meter,
     ):
         config = gateway_yaml(broker.port, buffer_path, lan(meter.port), FAST_METERS)
@@ -200,7 +201,7 @@ def test_broker_restarted_without_persistence_loses_nothing(
         # a subscriber is there is gone at the broker, whatever the gateway does.
         with paused(gateway):
             broker.start()
-            after = FleetSubscriber(broker.port)
+            after = CheckedFleet(broker.port)
             after.start()
         try:
             assert gateway.wait_for_log("reachable again", 30), gateway.log()

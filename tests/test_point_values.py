@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from gateway.buffer import _decode_points, _encode_points
 from gateway.readings import BufferedReading, PointValue, Reading, reading_from_values
-from gateway.upstream.json_dialect import JsonDialect
+from tests.wire import dialect as wire_dialect
 
 _VALUES = st.one_of(
     st.none(),
@@ -34,8 +34,8 @@ def test_points_round_trip_through_the_buffer_row(points: list[PointValue]):
 @given(text=st.text(max_size=40))
 def test_text_is_sent_as_a_json_string_and_keeps_the_reading_good(text: str):
     reading = reading_from_values("m", 1_700_000_000_000, (PointValue("model", text, None),))
-    message = JsonDialect("fieldgate", "gw").reading(BufferedReading(1, reading))
+    message = wire_dialect("fieldgate", "gw").reading(BufferedReading(1, reading))
     body = json.loads(message.payload)
-    assert body["values"]["model"] == {"value": text, "unit": None}
+    assert body["values"] == [text]
     assert body["quality"] == "good"
     assert isinstance(reading, Reading)

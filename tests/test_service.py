@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fieldgate_sim.fleet import FleetSubscriber
 from fieldgate_sim.mosquitto import MosquittoBroker
 
 from gateway.clock import Clock, SystemClock, epoch_ms
@@ -25,6 +24,7 @@ from gateway.service import run_gateway
 from gateway.shutdown import ShutdownRequest
 from tests.harness import reading_seqs
 from tests.own_drivers import OwnBus, own_drivers
+from tests.wire import CheckedFleet
 
 
 def config(broker_port: int, buffer: Path) -> GatewayConfig:
@@ -91,7 +91,7 @@ async def test_streams_and_polls_share_the_sink_and_a_bug_costs_only_its_part(
     health = HealthRegistry()
     shutdown = ShutdownRequest()
     buses: dict[str, OwnBus] = {}
-    with FleetSubscriber(broker.port) as fleet:
+    with CheckedFleet(broker.port) as fleet:
         run = asyncio.create_task(
             run_gateway(
                 config(broker.port, tmp_path / "b.db"),
@@ -120,7 +120,7 @@ async def test_streams_and_polls_share_the_sink_and_a_bug_costs_only_its_part(
     radio = buses["radio"]
     assert isinstance(radio, StreamingOwnBus)
     assert radio.runs == 2
-    pushed = [r["values"]["n"]["value"] for r in arrived("pushed")]
+    pushed = [fleet.values(r)["n"] for r in arrived("pushed")]
     assert pushed[:10] == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4]
     seqs = reading_seqs(readings)
     assert seqs == sorted(seqs)
@@ -180,7 +180,7 @@ devices:
   - {{name: steady, bus: box, interval: 100ms}}
 """
     )
-    with FleetSubscriber(broker.port) as fleet:
+    with CheckedFleet(broker.port) as fleet:
         run = asyncio.create_task(
             run_gateway(
                 gateway_config, shutdown, SystemClock(), health, drivers=own_drivers(make_bus)

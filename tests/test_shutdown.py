@@ -29,6 +29,7 @@ from fieldgate_sim.mosquitto import MosquittoBroker
 from fieldgate_sim.processes import terminate
 
 from tests.harness import GatewayProcess, gateway_yaml, nothing_lost, start_gateway
+from tests.wire import CheckedFleet
 
 #: The gateway's own stop bound in these trials (``gateway.stop_timeout``).
 STOP_BOUND = 3.0
@@ -191,7 +192,7 @@ TRIALS = [
 @contextlib.contextmanager
 def upstream_for(kind: str, broker: MosquittoBroker) -> Iterator[Upstream]:
     if kind in ("broker", "outage"):
-        with FleetSubscriber(broker.port) as fleet:
+        with CheckedFleet(broker.port) as fleet:
             yield Upstream(broker.port, fleet)
     elif kind == "mute":
         mute = MuteBroker()

@@ -34,10 +34,11 @@ from gateway.timekeeping import (
     wall_trustworthy,
 )
 from gateway.upstream.forwarder import Forwarder
-from gateway.upstream.json_dialect import JsonDialect, iso_utc_ms
+from gateway.upstream.json_dialect import iso_utc_ms
 from tests.manual_clock import ManualClock
 from tests.test_dialect import VALIDATOR
 from tests.test_forwarder import eventually, rows_waiting, running
+from tests.wire import dialect as wire_dialect
 
 #: Where the tests' synchronised wall clock is, against the monotonic one.
 SYNCED = 1_800_000_000.0
@@ -154,7 +155,7 @@ async def test_readings_before_sync_are_held_then_restamped_in_place(tmp_path: P
     expected = [round((t + SYNCED) * 1000) for t in [*taken, clock.now]]
     assert [b.reading.read_at_ms for b in sent] == expected
     assert all(b.reading.unsynchronised is None for b in sent)
-    message = json.loads(JsonDialect("fg", "gw").reading(sent[0], historical=True).payload)
+    message = json.loads(wire_dialect("fg", "gw").reading(sent[0], historical=True).payload)
     assert "time" not in message
     assert message["ts"] == iso_utc_ms(expected[0])
 
@@ -218,7 +219,7 @@ async def test_readings_of_a_boot_that_never_synced_go_flagged(tmp_path: Path) -
     assert [b.reading.read_at_ms for b in sent] == [1_010_000, 1_020_000]  # the best guess
     stamp = sent[0].reading.unsynchronised
     assert stamp == Unsynchronised(BOOT, 1_010_000)
-    message = json.loads(JsonDialect("fg", "gw").reading(sent[0]).payload)
+    message = json.loads(wire_dialect("fg", "gw").reading(sent[0]).payload)
     assert message["time"] == "unsynchronised"
     VALIDATOR.validate(message)
 
@@ -255,7 +256,7 @@ async def test_held_readings_reach_the_broker_only_restamped(
     config = MqttConfig(host=broker.host, port=broker.port, keepalive=5, reconnect_max=0.5)
     forwarder = Forwarder(
         config,
-        JsonDialect("fieldgate", "gw-t"),
+        wire_dialect("fieldgate", "gw-t"),
         buffer,
         SystemClock(),
         PartHealth("the uplink", "readings stay buffered"),

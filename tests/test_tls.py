@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 from fieldgate_sim.certificates import CertificateAuthority, Issued
-from fieldgate_sim.fleet import FleetSubscriber
 from fieldgate_sim.mosquitto import BrokerTls, MosquittoBroker
 
 from gateway.errors import BrokerRefused
 from gateway.upstream.security import PasswordSource, TlsSettings
 from gateway.upstream.session import MqttSession
 from tests.harness import GatewayProcess, gateway_yaml, start_gateway
+from tests.wire import CheckedFleet
 
 SECRET = "s3cret-Pa55word-never-logged"
 
@@ -196,7 +196,7 @@ def test_the_gateway_delivers_over_mutual_tls_with_a_password_file(
         f"    cert_file: {client.cert}\n"
         f"    key_file: {client.key}\n",
     )
-    with FleetSubscriber(
+    with CheckedFleet(
         mtls_broker.port,
         ca_file=ca_of(pki),
         client_cert=(client.cert, client.key),

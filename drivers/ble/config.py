@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
@@ -27,6 +27,7 @@ from gateway.config.fields import (
     Name,
     StrictModel,
 )
+from gateway.readings import DeviceInfo, PointInfo
 
 _MAC = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}")
 #: The Bluetooth base UUID: a 16-bit UUID ``xxxx`` is ``0000xxxx-0000-1000-8000-00805f9b34fb``.
@@ -230,6 +231,21 @@ class BleDevice(DeviceBase):
         max_length=64,
         description="GATT characteristics to read on the interval (a GATT device)",
     )
+
+    kind: ClassVar[str] = "ble"
+
+    def info(self) -> DeviceInfo:
+        # An advertiser's points are what its sensor sends (known once it is heard); a GATT
+        # device's are its configured characteristics.
+        return DeviceInfo(
+            self.name,
+            self.bus,
+            self.kind,
+            points=tuple(
+                PointInfo(point.name, point.unit, text=point.type is GattType.STRING)
+                for point in self.points
+            ),
+        )
 
     @property
     def advert_format(self) -> Format:

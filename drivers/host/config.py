@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -37,6 +37,8 @@ class HostMetric(StrEnum):
 class HostDevice(DeviceBase):
     """The gateway's own health, reported like a meter's readings. A metric this machine has no
     source for (no thermal zone, not a Raspberry Pi) is left out of the reading, never invented."""
+
+    kind: ClassVar[str] = "host"
 
     metrics: list[HostMetric] = Field(
         default=list(HostMetric),

@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Self
 
 from drivers.modbus.config import MAX_REGISTERS_PER_READ, ModbusDevice, ModbusPoint, RegisterType
-from drivers.modbus.decode import BlockDecoder, decode_point
+from drivers.modbus.decode import BlockDecoder, NotEncodable, decode_point, encode_point
 from drivers.modbus.link import MalformedAnswer, ModbusExceptionError, ModbusLink
 from drivers.modbus.pdu import (
     FunctionCode,
@@ -30,7 +30,7 @@ from drivers.modbus.plan import ReadRequest, plan_requests
 from gateway.backoff import Backoff
 from gateway.clock import Clock, epoch_ms
 from gateway.driver import LineCounts, SlaveCounts
-from gateway.errors import DeviceError, DeviceProtocolError, DeviceTimeout
+from gateway.errors import DeviceError, DeviceProtocolError, DeviceTimeout, WriteRefused
 from gateway.readings import PointValue, Reading, reading_from_values
 
 log = logging.getLogger(__name__)
@@ -300,6 +300,15 @@ class ModbusBus:
                     continue
                 raise
 
+    async def read_block(
+        self, unit: int, request: ReadRequest
+    ) -> dict[str, int | float | str | None]:
+        """One planned request of ``unit``, decoded (a remote command's read of one point)."""
+        slave = self._slave(unit)
+        async with self._lock:
+            data = await self.transact(slave, unit, _read_pdu(request), retry=True)
+        return _decode_block(request, data)
+
     async def write(self, unit: int, pdu: Request, read_back: Request, expect: bytes) -> None:
         """Write, then read the written range back and compare: a device that acknowledges a
         write but keeps the old value (a read-only register, a locked setting) is an error."""
@@ -447,7 +456,32 @@ class ModbusPolledDevice:
         # When the last answer arrived: no value of the reading is newer than its time.
         return reading_from_values(self.config.name, epoch_ms(self._bus.clock), tuple(values))
 
-    # -- writes (for remote commands; not exposed in the config yet) ---------------------------
+    # -- writes (remote commands, for points the config marks writable) ----------------------
+
+    async def write(self, point: str, value: float) -> float | int | str | None:
+        """:class:`gateway.driver.WritableDevice`: the point's registers (or coil) set to
+        ``value``, read back and compared, then read again as a reading decodes it."""
+        config = next((p for p in self.config.points if p.name == point), None)
+        if config is None or not config.writable:
+            raise WriteRefused(f"{self.config.name}: point {point!r} is not writable")
+        if config.min is None or config.max is None or not config.min <= value <= config.max:
+            raise WriteRefused(
+                f"{self.config.name}: {value!r} is outside {point}'s limits "
+                f"{config.min:g}..{config.max:g}"
+            )
+        try:
+            words = encode_point(config, value)
+        except NotEncodable as exc:
+            raise WriteRefused(f"{self.config.name}: {exc}") from exc
+        if config.register_type is RegisterType.COIL:
+            await self.write_coils(config.address, [bool(word) for word in words])
+        else:
+            await self.write_registers(config.address, [int(word) for word in words])
+        return await self._read_point(config)
+
+    async def _read_point(self, point: ModbusPoint) -> float | int | str | None:
+        (request,) = plan_requests([point], max_gap=0, max_registers=self.config.max_block)
+        return (await self._bus.read_block(self.config.unit_id, request))[point.name]
 
     async def write_coil(self, address: int, value: bool) -> None:
         await self.write_coils(address, [value])

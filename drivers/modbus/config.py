@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -16,6 +16,7 @@ from gateway.config.fields import (
     Name,
     StrictModel,
 )
+from gateway.readings import DeviceInfo, PointInfo
 
 
 class RegisterType(StrEnum):
@@ -136,6 +137,19 @@ class ModbusPoint(StrictModel):
             'as its number written as text ("7")'
         ),
     )
+    writable: bool = Field(
+        default=False,
+        description=(
+            "Remote commands may write this point (a holding register or a coil), only within "
+            "min..max; off unless given"
+        ),
+    )
+    min: float | None = Field(
+        default=None, allow_inf_nan=False, description="Writable point: smallest value allowed"
+    )
+    max: float | None = Field(
+        default=None, allow_inf_nan=False, description="Writable point: largest value allowed"
+    )
 
     @property
     def register_count(self) -> int:
@@ -157,11 +171,29 @@ class ModbusPoint(StrictModel):
         if self.bit is not None and self.type is not ValueType.U16:
             raise ValueError("bit: N is allowed only with type u16")
         self._text_types_sound()
+        self._writable_sound()
         if self.address + self.register_count > 65536:
             raise ValueError(
                 f"a {self.type} at address {self.address} runs past the last register (65535)"
             )
         return self
+
+    def _writable_sound(self) -> None:
+        if not self.writable:
+            if self.min is not None or self.max is not None:
+                raise ValueError("min and max are limits of a writable point: add writable: true")
+            return
+        if self.register_type not in {RegisterType.HOLDING, RegisterType.COIL}:
+            raise ValueError(
+                "only holding registers and coils can be written: make it register: holding "
+                "(or coil), or drop writable"
+            )
+        if self.type in _SIZED_TYPES or self.bit is not None:
+            raise ValueError("a string, enum or single-bit point cannot be writable")
+        if self.min is None or self.max is None:
+            raise ValueError("a writable point needs both limits: min and max")
+        if self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}")
 
     def _text_types_sound(self) -> None:
         if self.type not in _SIZED_TYPES:
@@ -217,6 +249,34 @@ class ModbusDevice(DeviceBase):
         default_factory=list,
         description="The values to read (with a template: points to add or replace)",
     )
+
+    kind: ClassVar[str] = "modbus"
+
+    def info(self) -> DeviceInfo:
+        # Imported here: the templates module reads this module's models.
+        from drivers.modbus.templates import load_templates  # noqa: PLC0415
+
+        template = load_templates().get(self.template) if self.template else None
+        return DeviceInfo(
+            self.name,
+            self.bus,
+            self.kind,
+            template=self.template,
+            manufacturer=template.manufacturer if template else None,
+            model=template.model if template else None,
+            medium=template.medium if template else None,
+            points=tuple(
+                PointInfo(
+                    point.name,
+                    point.unit,
+                    point.writable,
+                    point.min,
+                    point.max,
+                    text=point.type in _SIZED_TYPES,
+                )
+                for point in self.points
+            ),
+        )
 
     @model_validator(mode="before")
     @classmethod

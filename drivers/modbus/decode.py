@@ -215,3 +215,37 @@ class BlockDecoder:
 
     def __call__(self, data: bytes) -> list[tuple[str, int | float | str]]:
         return [(name, decode(data, at)) for name, at, decode in self._points]
+
+
+class NotEncodable(ValueError):
+    """A value the point's registers cannot hold (out of the type's range, not a whole raw
+    number where the type is an integer)."""
+
+
+def encode_point(point: ModbusPoint, value: float) -> list[int] | list[bool]:
+    """The registers (or the one bit) that make ``point`` read ``value``: the inverse of
+    :func:`decode_point` for the types a remote command may write (numbers and bools)."""
+    if point.type is ValueType.BOOL:
+        if value not in (0, 1):
+            raise NotEncodable(f"{point.name} is a bool: write 0 or 1, not {value!r}")
+        return [bool(value)]
+    if point.type not in _STRUCT_FORMAT or point.bit is not None:
+        raise NotEncodable(f"{point.name}: a {point.type} point cannot be written")
+    raw: int | float = (value - point.offset) / point.scale
+    if point.type not in (ValueType.F32, ValueType.F64):
+        nearest = round(raw)
+        # Scaling in binary floating point leaves noise (23.4 / 0.1 = 233.99999999999997).
+        if not math.isclose(raw, nearest, rel_tol=1e-9, abs_tol=1e-9):
+            raise NotEncodable(
+                f"{point.name}: {value!r} is not a multiple of its scale {point.scale:g}"
+            )
+        raw = nearest
+    try:
+        packed = struct.pack(_STRUCT_FORMAT[point.type], raw)
+    except (struct.error, OverflowError) as exc:
+        raise NotEncodable(f"{point.name}: {value!r} does not fit a {point.type}") from exc
+    registers = [
+        int.from_bytes(packed[i : i + 2], "big" if point.byte_order is ByteOrder.BIG else "little")
+        for i in range(0, len(packed), 2)
+    ]
+    return registers if point.word_order is WordOrder.BIG else list(reversed(registers))

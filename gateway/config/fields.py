@@ -28,6 +28,8 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
+from gateway.readings import DeviceInfo
+
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(B|kB|KB|MB|GB|TB|KiB|MiB|GiB|TiB)")
@@ -149,6 +151,36 @@ Duration = Annotated[
                 {"type": "number", "minimum": MIN_DURATION, "maximum": MAX_DURATION},
             ],
             "description": "A duration: 10s, 500ms, 5m, 1h, 1d, 1h30m (or seconds as a number)",
+        }
+    ),
+]
+
+
+def parse_period_or_off(text: object) -> float:
+    """A period from 1 s to a day as :func:`parse_duration` reads it, or 0 (``0``, ``0s``)
+    for none. (Not ``off``: YAML reads that as false.)"""
+    if text in (0, "0", "0s") and not isinstance(text, bool):
+        return 0.0
+    seconds = parse_duration(text)
+    if not 1.0 <= seconds <= 86400.0:
+        raise ValueError(
+            f"{brief(text)} is outside 1s to 1d, the periods allowed here (0 for none)"
+        )
+    return seconds
+
+
+#: How often something periodic happens, or 0 (``0``, ``0s``) for never.
+PeriodOrOff = Annotated[
+    float,
+    BeforeValidator(parse_period_or_off),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": DURATION_PATTERN},
+                {"enum": [0, "0s", "0"]},
+                {"type": "number", "minimum": 1.0, "maximum": 86400.0},
+            ],
+            "description": "A period (10s, 5m, 1h; at least 1s, at most 1d), or 0 for none",
         }
     ),
 ]
@@ -412,6 +444,13 @@ class DeviceBase(StrictModel):
     interval: Interval = Field(
         default=10.0, description="How often to poll; polls align to the wall clock"
     )
+
+    #: The kind of device, as the fleet sees it in the birth and the device's description.
+    kind: ClassVar[str] = "device"
+
+    def info(self) -> DeviceInfo:
+        """Who this device is, for the fleet (drivers' models add their template and points)."""
+        return DeviceInfo(self.name, self.bus, type(self).kind)
 
 
 class BusBase(StrictModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,6 +29,7 @@ from gateway.config.fields import (
     IpAddress,
     LocalPath,
     Name,
+    PeriodOrOff,
     Size,
     StrictModel,
     TopicPrefix,
@@ -40,6 +43,14 @@ class GatewaySection(StrictModel):
         description=(
             "On SIGTERM, the gateway ends within this long, everything stored kept; keep it "
             "shorter than systemd's TimeoutStopSec"
+        ),
+    )
+    reload_rollback: Annotated[Duration, DurationBounds(at_least=1.0, at_most=3600.0)] = Field(
+        default=60.0,
+        description=(
+            "A reload (SIGHUP or a remote command) made while the broker was reachable whose "
+            "new config does not reach it within this long is undone: the last config that "
+            "did runs again"
         ),
     )
 
@@ -178,6 +189,40 @@ class MetricsConfig(StrictModel):
     port: int = Field(default=9464, ge=1, le=65535)
 
 
+class HealthConfig(StrictModel):
+    """The periodic health message on <prefix>/<gateway>/health (retained)."""
+
+    interval: PeriodOrOff = Field(
+        default=60.0,
+        description="How often to publish it (and once on every connection); 0 turns it off",
+    )
+
+
+class CommandsConfig(StrictModel):
+    """Remote commands on <prefix>/<gateway>/commands (results on .../commands/result)."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Take remote commands (ping, read-now, buffer-stats, reload, write); off "
+        "unless true. The gateway subscribes only to its own command topic",
+    )
+    remember: int = Field(
+        default=1000,
+        ge=10,
+        le=100_000,
+        description="Command ids remembered to refuse a replay (the oldest are forgotten)",
+    )
+
+
+class HomeAssistantConfig(StrictModel):
+    """Home Assistant MQTT discovery: a sensor per point, grouped by device."""
+
+    discovery: bool = Field(default=False, description="Announce every point to Home Assistant")
+    prefix: TopicPrefix = Field(
+        default="homeassistant", description="Home Assistant's discovery prefix"
+    )
+
+
 class GatewayConfig(StrictModel):
     """A fieldgate configuration file."""
 
@@ -187,6 +232,9 @@ class GatewayConfig(StrictModel):
     metrics: MetricsConfig | None = Field(
         default=None, description="A Prometheus endpoint; none unless this section is given"
     )
+    health: HealthConfig = HealthConfig()
+    commands: CommandsConfig = CommandsConfig()
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
     buses: list[BusConfig] = Field(min_length=1)
     devices: list[
         Annotated[
@@ -256,6 +304,17 @@ class GatewayConfig(StrictModel):
 
     def devices_on(self, bus_name: str) -> list[DeviceConfig]:
         return [device for device in self.devices if device.bus == bus_name]
+
+    def config_hash(self) -> str:
+        """``sha256:<hex>`` of the config as validated (defaults filled in, keys sorted), so
+        two files that mean the same config hash alike and the fleet sees which config a
+        gateway runs. A config holds no secret inline; where the password is read from is
+        left out too."""
+        normalised = self.model_dump(
+            mode="json", exclude={"mqtt": {"password_file", "password_credential"}}
+        )
+        text = json.dumps(normalised, sort_keys=True, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def _duplicates(section: str, names: list[str]) -> list[tuple[tuple[str | int, ...], str]]:

@@ -2,8 +2,8 @@
 (no I/O, no clock, no paho), so every format is unit-tested without a broker, as the Modbus
 decoder is; the forwarder decides when each message is sent.
 
-Sparkplug B, Home Assistant discovery or richer birth metadata are further dialects; the buffer,
-the session and the forwarder stay as they are.
+Sparkplug B would be a further dialect; the buffer, the session and the forwarder stay as they
+are.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from gateway.events import BufferedEvent
+from gateway.health import HealthReport
 from gateway.readings import BufferedReading
 from gateway.upstream.messages import OutgoingMessage
 
@@ -24,7 +25,13 @@ class Dialect(Protocol):
         ...
 
     def birth(self) -> OutgoingMessage:
-        """Published first on every connection, before any reading."""
+        """Published first on every connection, before any reading (a new session starts)."""
+        ...
+
+    def description(self, buffered: BufferedReading) -> OutgoingMessage | None:
+        """What the fleet must have before this reading to read it (a retained description of
+        the device and its points), if this session has not sent it yet; else ``None``.
+        Descriptions are sent again after each :meth:`birth`."""
         ...
 
     def reading(self, buffered: BufferedReading, *, historical: bool = False) -> OutgoingMessage:
@@ -36,6 +43,10 @@ class Dialect(Protocol):
     def event(self, buffered: BufferedEvent) -> OutgoingMessage:
         """The message for one gateway event (a dropped range, the buffer failing or working
         again, a damaged buffer file replaced)."""
+        ...
+
+    def health(self, report: HealthReport) -> OutgoingMessage:
+        """The periodic health message: per device, the buffer, the uplink."""
         ...
 
     def goodbye(self) -> OutgoingMessage:

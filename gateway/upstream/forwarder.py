@@ -24,19 +24,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TypeVar
 
 from gateway.backoff import Backoff
-from gateway.buffer import Buffer
-from gateway.clock import Clock
+from gateway.buffer import Buffer, BufferStats
+from gateway.clock import Clock, epoch_ms
+from gateway.commands import CommandHandler
 from gateway.config.model import MqttConfig
-from gateway.errors import StorageError, UplinkError
+from gateway.errors import StorageError, SubscriptionRefused, UplinkError
 from gateway.events import BufferedEvent
-from gateway.health import PartHealth
+from gateway.health import HealthRegistry, PartHealth, UplinkCounts
 from gateway.readings import BufferedReading
 from gateway.upstream.dialect import Dialect
+from gateway.upstream.homeassistant import Discovery
 from gateway.upstream.messages import OutgoingMessage
 from gateway.upstream.security import password_source, tls_settings
 from gateway.upstream.session import MqttSession
@@ -49,6 +51,8 @@ _T = TypeVar("_T")
 _DELETE_BATCH = 200
 #: How long the pump waits for an acknowledgement or a new reading before it looks again.
 _IDLE_WAIT = 1.0
+#: How long a command's result may wait for its PUBACK before the next command is taken.
+_RESULT_WAIT = 10.0
 
 
 class Pace:
@@ -92,10 +96,20 @@ class Forwarder:
         *,
         gateway_id: str,
         replay_rate: float = 0.0,
+        health: HealthRegistry | None = None,
+        health_interval: float = 0.0,
+        commands: CommandHandler | None = None,
+        after_birth: Sequence[OutgoingMessage] = (),
+        discovery: Discovery | None = None,
     ) -> None:
         """``gateway_id`` names the client (``fieldgate-<gateway id>``) unless the config sets
         ``client_id``; the dialect has the wire's own copy. ``replay_rate``: messages a second
-        at most for the backlog after an outage (0: no limit)."""
+        at most for the backlog after an outage (0: no limit). ``health``: where the uplink's
+        counts go and the health message's figures come from; with ``health_interval`` > 0
+        the dialect's health message is published on connect and that often (seconds).
+        ``commands``: take remote commands on each session (subscribed to its one topic).
+        ``after_birth``: published once, after the first birth (a reload's outcome).
+        ``discovery``: Home Assistant's sensors, announced with each device description."""
         self._config = config
         self._dialect = dialect
         self._buffer = buffer
@@ -113,6 +127,17 @@ class Forwarder:
         self._acked_events: list[int] = []
         #: An unexpected error (a bug) was logged with its traceback and has not cleared yet.
         self._fault: str | None = None
+        self._health = health
+        self._counts = health.uplink_counts if health is not None else UplinkCounts()
+        self._health_interval = health_interval
+        self._next_health = 0.0
+        #: Message id -> when it was handed to the session (monotonic), for the latency.
+        self._sent_at: dict[int, float] = {}
+        self._commands = commands
+        self._after_birth = list(after_birth)
+        self._commands_refused: str | None = None
+        self._discovery = discovery
+        self._discovery_unsaved: str | None = None
 
     @property
     def where(self) -> str:
@@ -172,6 +197,7 @@ class Forwarder:
             self._session = None
 
     def _connected(self) -> None:
+        self._counts.connects += 1
         if self._fault is None:
             # After a fault, reconnecting is no success yet: the backoff keeps growing until
             # readings are delivered again, so a bug does not reconnect every second.
@@ -201,15 +227,37 @@ class Forwarder:
         self._fault = text
 
     async def _forward(self, session: MqttSession) -> None:
+        self._sent_at.clear()  # ids of an ended session are never acknowledged
+        # Subscribed before the birth: whoever sees this session's birth (or a reload's
+        # outcome after it) can send commands to it.
+        handler = self._commands
+        if handler is not None and not await self._subscribe_commands(session, handler):
+            handler = None
         self._publish(session, self._dialect.birth())
+        self._next_health = self._clock.monotonic()  # the first health message goes now
+        for message in self._after_birth:
+            self._publish(session, message)
+        self._after_birth.clear()
+        if self._discovery is not None:
+            for message in self._discovery.withdrawn_devices():
+                self._publish(session, message)
+            await self._save_discovery()
         # Rows acknowledged on an earlier connection go first, or they would be read again.
         await self._delete_acked()
         await self._delete_acked_events()
         # message id -> a reading's sequence number, or the event it carries
         inflight: dict[int, int | BufferedEvent] = {}
+        commands = (
+            asyncio.create_task(self._serve_commands(session, handler), name="commands")
+            if handler is not None
+            else None
+        )
         try:
             await self._pump(session, inflight)
         finally:
+            if commands is not None:
+                commands.cancel()
+                await asyncio.gather(commands, return_exceptions=True)
             # Events held only in memory that the broker did not acknowledge go next time.
             self._buffer.give_back(
                 sent.event
@@ -233,6 +281,7 @@ class Forwarder:
         pace = Pace(self._replay_rate, self._config.max_inflight, self._clock.monotonic())
         released = self._buffer.released
         while True:
+            await self._publish_health_when_due(session)
             if self._buffer.released != released:
                 # Readings held until the clock synchronised were restamped behind both
                 # cursors: read again from the start as backlog, skipping what is on its way.
@@ -256,6 +305,7 @@ class Forwarder:
             if room > 0:
                 live = await self._oldest(live_after, room)
                 for buffered in live:
+                    await self._describe(session, buffered)
                     message = self._dialect.reading(buffered)
                     inflight[self._publish(session, message)] = buffered.seq
                     live_after = buffered.seq
@@ -272,6 +322,7 @@ class Forwarder:
                     backlog_after = buffered.seq
                     if buffered.seq in on_the_way:
                         continue  # read again after a restamp; already sent
+                    await self._describe(session, buffered)
                     message = self._dialect.reading(buffered, historical=True)
                     inflight[self._publish(session, message)] = buffered.seq
                 if allowed and len(backlog) < allowed:
@@ -291,6 +342,43 @@ class Forwarder:
                 await self._buffer.wait_appended(timeout=wait)
             session.raise_if_lost()
 
+    async def _subscribe_commands(self, session: MqttSession, handler: CommandHandler) -> bool:
+        """Subscribe to the gateway's own command topic (and nothing else). A broker that
+        refuses it (its ACL) costs the commands, logged once, not the readings."""
+        try:
+            await session.subscribe(handler.topic, qos=1)
+        except SubscriptionRefused as exc:
+            if self._commands_refused != str(exc):
+                log.warning("remote commands are off for this connection: %s", exc)
+            self._commands_refused = str(exc)
+            return False
+        self._commands_refused = None
+        return True
+
+    async def _serve_commands(self, session: MqttSession, handler: CommandHandler) -> None:
+        """Take commands on this session until it ends; each gets its result before the next
+        is read. Nothing here ends the session: a lost connection is the pump's to notice."""
+        try:
+            async for message in session.messages():
+                if message.topic != handler.topic:
+                    continue
+                try:
+                    reply = await handler.handle(message.payload, retained=message.retain)
+                except Exception:  # a bug costs this command, never the session
+                    log.exception("a remote command failed unexpectedly (a bug); it got no result")
+                    continue
+                await session.publish_and_wait(
+                    reply.message.topic,
+                    reply.message.payload,
+                    reply.message.qos,
+                    reply.message.retain,
+                    timeout=_RESULT_WAIT,
+                )
+                if reply.then is not None:
+                    await reply.then()
+        except UplinkError:
+            return
+
     async def _oldest(
         self, after_seq: int, limit: int, through_seq: int | None = None
     ) -> list[BufferedReading]:
@@ -305,13 +393,60 @@ class Forwarder:
             )
         return rows
 
-    @staticmethod
-    def _publish(session: MqttSession, message: OutgoingMessage) -> int:
-        return session.publish(message.topic, message.payload, message.qos, message.retain)
+    async def _describe(self, session: MqttSession, buffered: BufferedReading) -> None:
+        """The device's retained description goes before a reading that needs it (with its
+        Home Assistant sensors, when discovery is on). Not tracked like a reading: a session
+        that ends before its PUBACK sends it again after the next birth."""
+        description = self._dialect.description(buffered)
+        if description is None:
+            return
+        self._publish(session, description)
+        if self._discovery is not None:
+            for message in self._discovery.announce(buffered):
+                self._publish(session, message)
+            await self._save_discovery()
+
+    async def _save_discovery(self) -> None:
+        """Keep what Home Assistant was told, so a device that leaves the config is withdrawn
+        after a restart; a failure is logged once (the sensors stay announced meanwhile)."""
+        discovery = self._discovery
+        if discovery is None or not discovery.changed:
+            return
+        try:
+            await asyncio.to_thread(discovery.save)
+        except OSError as exc:
+            if self._discovery_unsaved is None:
+                log.warning("Home Assistant discovery state not saved (%s); retried", exc)
+            self._discovery_unsaved = str(exc)
+        else:
+            self._discovery_unsaved = None
+
+    def _publish(self, session: MqttSession, message: OutgoingMessage) -> int:
+        mid = session.publish(message.topic, message.payload, message.qos, message.retain)
+        self._sent_at[mid] = self._clock.monotonic()
+        return mid
+
+    async def _publish_health_when_due(self, session: MqttSession) -> None:
+        if self._health is None or self._health_interval <= 0:
+            return
+        now = self._clock.monotonic()
+        if now < self._next_health:
+            return
+        self._next_health = now + self._health_interval
+        try:
+            figures: BufferStats | None = await self._buffer.stats()
+        except StorageError:
+            figures = None  # the disk fails: the message says so instead of waiting for it
+        report = self._health.report(epoch_ms(self._clock), figures)
+        self._publish(session, self._dialect.health(report))
 
     def _collect_acks(self, session: MqttSession, inflight: dict[int, int | BufferedEvent]) -> None:
+        now = self._clock.monotonic()
         for mid in session.take_acknowledged():
-            sent = inflight.pop(mid, None)  # None: the birth's or the goodbye's
+            sent_at = self._sent_at.pop(mid, None)
+            if sent_at is not None:
+                self._counts.publish_latency.observe(now - sent_at)
+            sent = inflight.pop(mid, None)  # None: a status or a description
             if isinstance(sent, int):
                 self._acked.append(sent)
             elif sent is not None and sent.event_id is not None:

@@ -48,6 +48,8 @@ class FleetSubscriber:
         self._callback = on_message
         self._lock = threading.Lock()
         self._messages: list[Received] = []
+        #: (gateway, layout id) -> device description, kept as a fleet consumer keeps them.
+        self._descriptions: dict[tuple[str, str], dict[str, Any]] = {}
         self._subscribed = threading.Event()
         # A persistent session: while the subscriber reconnects after a broker restart, the
         # broker queues what gateways publish for it, so a test sees every message.
@@ -90,6 +92,23 @@ class FleetSubscriber:
         """The JSON payloads of every device reading received, in arrival order."""
         return [m.json() for m in self.messages(lambda t: t.endswith("/reading"))]
 
+    def description(self, reading: dict[str, Any]) -> dict[str, Any]:
+        """The device description a reading names (by its gateway and layout id), as the fleet
+        keeps them; KeyError if it never arrived."""
+        with self._lock:
+            return self._descriptions[(reading["gateway"], reading["layout"])]
+
+    def values(self, reading: dict[str, Any]) -> dict[str, Any]:
+        """A reading's values by point name, read through its description."""
+        points = self.description(reading)["points"]
+        return {
+            point["name"]: value for point, value in zip(points, reading["values"], strict=True)
+        }
+
+    def units(self, reading: dict[str, Any]) -> dict[str, str | None]:
+        """A reading's units by point name, from its description."""
+        return {point["name"]: point["unit"] for point in self.description(reading)["points"]}
+
     def wait_for(
         self, condition: Callable[[FleetSubscriber], bool], timeout: float, poll: float = 0.05
     ) -> bool:
@@ -111,6 +130,9 @@ class FleetSubscriber:
         received = Received(message.topic, bytes(message.payload), bool(message.retain))
         with self._lock:
             self._messages.append(received)
+            if received.topic.endswith("/description") and received.payload:
+                document = received.json()
+                self._descriptions[(document["gateway"], document["layout"])] = document
         if self._callback is not None:
             self._callback(received)
 

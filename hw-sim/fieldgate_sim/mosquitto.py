@@ -94,6 +94,12 @@ class MosquittoBroker:
             f"persistence {'true' if self.persistence else 'false'}\n"
             f"persistence_location {self._dir}/\n"
             "log_dest stdout\n"
+            # Also to a file, which mosquitto flushes line by line (stdout to a file is
+            # flushed only at exit), so a test can read what happened while it runs.
+            f"log_dest file {self._dir}/subscriptions.log\n"
+            # The default types, and subscriptions: tests check what a gateway subscribed to.
+            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+            "log_type subscribe\n"
             # The default per-client queue (1000) drops QoS 1 messages in bulk tests.
             "max_queued_messages 0\n"
             "max_inflight_messages 0\n"
@@ -127,6 +133,17 @@ class MosquittoBroker:
             time.sleep(0.01)
         self.stop()
         raise RuntimeError(f"mosquitto did not listen on port {self.port} within {timeout}s")
+
+    def subscriptions(self, client_id: str) -> list[str]:
+        """The topic filters ``client_id`` subscribed to, from the broker's log."""
+        found = []
+        log = self._dir / "subscriptions.log"
+        for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+            parts = line.split()
+            # "<time>: <client id> <qos> <topic filter>" (log_type subscribe)
+            if len(parts) == 4 and parts[1] == client_id and parts[2].isdigit():
+                found.append(parts[3])
+        return found
 
     def _tls_config(self) -> str:
         if self._tls is None:
