@@ -35,7 +35,8 @@ def show(fleet: FleetSubscriber, message: Received) -> None:
     values = fleet.values(reading)
     units = fleet.units(reading)
     shown = "  ".join(
-        f"{name}={value:.2f}{units[name] or ''}"
+        # A point the meter did not answer this time is null (quality "partial").
+        f"{name}={value:.2f}{units[name] or ''}" if isinstance(value, int | float) else f"{name}=-"
         for name, value in values.items()
         if name in ("voltage_l1", "current_l1", "power_total", "frequency", "import_energy")
         or name in ("soc_temperature", "filesystem_free_percent", "load_1m")

@@ -65,14 +65,17 @@ def has_readings(devices: dict[str, int]) -> Callable[[FleetSubscriber], bool]:
     return lambda f: all(len(readings_of(f, d)) >= n for d, n in devices.items())
 
 
-def assert_sent(bt: SimulatedBluetooth, address: str, reading: dict[str, Any]) -> None:
+def assert_sent(
+    bt: SimulatedBluetooth, address: str, fleet: FleetSubscriber, reading: dict[str, Any]
+) -> None:
     """Every measurement of ``reading`` that the simulated sensor sends is one it sent."""
     sent: list[dict[str, float]] = bt.call(lambda: list(bt.sensor(address).sent))
+    values = fleet.values(reading)
     checked = 0
     for name, tolerance in RESOLUTION.items():
-        if name not in reading["values"]:
+        if name not in values:
             continue
-        value = reading["values"][name]["value"]
+        value = values[name]
         history = [s[name] for s in sent if name in s]
         if not history:
             continue
@@ -131,10 +134,10 @@ def test_ble_sensors_reach_the_broker_with_the_values_they_sent(
             ("gatt", GATT),
         ):
             for reading in readings_of(fleet, device):
-                assert_sent(bt, address, reading)
+                assert_sent(bt, address, fleet, reading)
         atc = readings_of(fleet, "atc")
         # The name pattern matches both ATC sensors; the first heard is taken, and kept.
-        assert len({r["values"]["voltage"]["value"] for r in atc}) == 1
+        assert len({fleet.values(r)["voltage"] for r in atc}) == 1
         assert gateway.process is not None
         assert gateway.process.poll() is None, "the gateway must survive garbage adverts"
         assert gateway.stop() == 0
@@ -147,10 +150,10 @@ def test_ble_sensors_reach_the_broker_with_the_values_they_sent(
     assert not readings_of(fleet, "wrong-key")
     assert "Traceback" not in log, log
     plain = readings_of(fleet, "plain")[-1]
-    assert plain["values"]["temperature"]["unit"] == "°C"
-    assert plain["values"]["rssi"]["unit"] == "dBm"
+    assert fleet.units(plain)["temperature"] == "°C"
+    assert fleet.units(plain)["rssi"] == "dBm"
     gatt = readings_of(fleet, "gatt")[-1]
-    assert set(gatt["values"]) == {"temperature", "humidity", "battery"}
+    assert set(fleet.values(gatt)) == {"temperature", "humidity", "battery"}
     assert gatt["quality"] == "good"
 
 
@@ -223,7 +226,7 @@ def test_a_hanging_gatt_connect_blocks_neither_the_other_sensors_nor_modbus(
         bt.call(bt.simulator.set_connect, GATT, "ok")
         assert fleet.wait_for(has_readings({"gatt": 1}), timeout=30), gateway.log()
         assert gateway.stop() == 0
-    assert readings_of(fleet, "meter")[-1]["values"]["voltage"]["value"] == pytest.approx(230.5)
+    assert fleet.values(readings_of(fleet, "meter")[-1])["voltage"] == pytest.approx(230.5)
     assert "gatt failed" in gateway.log()
 
 
@@ -327,4 +330,4 @@ def test_one_connection_slot_serves_the_good_gatt_sensor_between_a_hanging_ones_
         assert bt.call(lambda: simulator.links.peak) == 1
         assert not readings_of(fleet, "gatt")
         assert gateway.stop() == 0
-    assert readings_of(fleet, "good")[-1]["values"]["battery"]["unit"] == "%"
+    assert fleet.units(readings_of(fleet, "good")[-1])["battery"] == "%"

@@ -178,7 +178,7 @@ def test_a_gateway_scanning_passively_publishes_the_sensors_values_and_hears_no_
         assert gateway.wait_for_log("device beacon failed", timeout=20), gateway.log()
         for device, address in (("plain", PLAIN), ("ruuvi", RUUVI), ("pvvx", PVVX)):
             for reading in readings_of(fleet, device):
-                assert_sent(bt, address, reading)
+                assert_sent(bt, address, fleet, reading)
         assert bt.simulator is not None
         simulator = bt.simulator
         assert not bt.call(lambda: simulator.adapter.discovering), "passive: no discovery"

@@ -16,7 +16,9 @@ from fieldgate_sim.mosquitto import MosquittoBroker
 
 from tests.harness import (
     GatewayProcess,
+    buffered,
     gateway_yaml,
+    nothing_lost,
     reading_seqs,
     start_gateway,
     wait_until,
@@ -138,13 +140,13 @@ def kill_and_restart_cycles(
         # Counted, not timed: the backlog of the kills has drained when the buffer is empty.
         assert wait_until(lambda: buffered_count(buffer_path) == 0, 60), gateway.log()
         assert gateway.stop() == 0
-    through = newest_seq_stored(buffer_path)
+    # Every number given is at the fleet or still waits in the buffer: a reading stored in the
+    # moment of the last stop may stay there for the next start (it left no gap: it is kept).
+    nothing_lost(buffer_path, fleet)
+    waiting, through = buffered(buffer_path)
     assert through > cycles
-    assert fleet.wait_for(
-        lambda f: set(range(1, through + 1)) <= set(reading_seqs(f.readings())), timeout=30
-    )
-    assert buffered_count(buffer_path) == 0
-    assert_complete_and_ordered(fleet.readings(), through)
+    assert len(waiting) <= 10, f"the last stop left a backlog: {sorted(waiting)}"
+    assert_complete_and_ordered(fleet.readings(), min(waiting, default=through + 1) - 1)
     seqs = reading_seqs(fleet.readings())
     return len(seqs) - len(set(seqs))
 
