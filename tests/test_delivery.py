@@ -72,6 +72,18 @@ def newest_seq_stored(path: Path) -> int:
         return int(row[0]) if row else 0
 
 
+def delivered_or_kept(buffer_path: Path, fleet: FleetSubscriber) -> int:
+    """After a clean stop: every number given is at the fleet, in order, or still waits in the
+    buffer. Readings the pollers stored in the moment of the stop are committed after the
+    uplink has said goodbye: they stay in SQLite for the next start (PRODUCT: what was not
+    published stays), never a gap. Returns the newest number given."""
+    nothing_lost(buffer_path, fleet)
+    waiting, through = buffered(buffer_path)
+    assert len(waiting) <= 10, f"the stop left more than its last moment: {sorted(waiting)}"
+    assert_complete_and_ordered(fleet.readings(), min(waiting, default=through + 1) - 1)
+    return through
+
+
 def test_broker_down_for_ten_seconds_loses_nothing(
     broker: MosquittoBroker, fleet: FleetSubscriber, gateways: list[GatewayProcess], tmp_path: Path
 ):
@@ -95,15 +107,10 @@ def test_broker_down_for_ten_seconds_loses_nothing(
         # a loaded box takes (a fixed second was a flake under load).
         assert wait_until(lambda: buffered_count(buffer_path) == 0, 60), gateway.log()
         assert gateway.stop() == 0
-        through = newest_seq_stored(buffer_path)
-        assert fleet.wait_for(
-            lambda f: set(range(1, through + 1)) <= set(reading_seqs(f.readings())), timeout=20
-        )
+        delivered_or_kept(buffer_path, fleet)
 
     # The buffer held every reading made during the outage, and then let them all go.
     assert stored_while_down >= made_until - made_before
-    assert buffered_count(buffer_path) == 0
-    assert_complete_and_ordered(fleet.readings(), through)
     log = gateway.log()
     assert log.count("unavailable") == 1, log
     assert log.count("reachable again") == 1, log
@@ -140,13 +147,7 @@ def kill_and_restart_cycles(
         # Counted, not timed: the backlog of the kills has drained when the buffer is empty.
         assert wait_until(lambda: buffered_count(buffer_path) == 0, 60), gateway.log()
         assert gateway.stop() == 0
-    # Every number given is at the fleet or still waits in the buffer: a reading stored in the
-    # moment of the last stop may stay there for the next start (it left no gap: it is kept).
-    nothing_lost(buffer_path, fleet)
-    waiting, through = buffered(buffer_path)
-    assert through > cycles
-    assert len(waiting) <= 10, f"the last stop left a backlog: {sorted(waiting)}"
-    assert_complete_and_ordered(fleet.readings(), min(waiting, default=through + 1) - 1)
+    assert delivered_or_kept(buffer_path, fleet) > cycles
     seqs = reading_seqs(fleet.readings())
     return len(seqs) - len(set(seqs))
 
