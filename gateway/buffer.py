@@ -556,7 +556,12 @@ def _vacuum_step(db: sqlite3.Connection) -> int:
     free = db.execute("PRAGMA freelist_count").fetchone()[0]
     if free < _VACUUM_STEP_PAGES:
         return 0
-    low, high = db.execute("SELECT min(seq), max(seq) FROM readings").fetchone()
+    # Two subqueries: SQLite answers a lone min() or max() of the key from the b-tree's ends,
+    # but "SELECT min(seq), max(seq)" scans the table (measured: a 864k backlog then drained
+    # at 1,000 msgs/s instead of 5,800).
+    low, high = db.execute(
+        "SELECT (SELECT min(seq) FROM readings), (SELECT max(seq) FROM readings)"
+    ).fetchone()
     if low is not None and high - low >= _DRAINED_SPAN:
         return 0
     # Each step of the statement frees one page, and Python's sqlite3 steps a statement that
