@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,12 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from fieldgate_sim.fleet import FleetSubscriber, Received
+from fieldgate_sim.fleet import FleetSubscriber
 from fieldgate_sim.modbus_server import ServerFleet, run_many_in_thread
 from fieldgate_sim.mosquitto import MosquittoBroker, mosquitto_available
 
 from bench.end_to_end import (
     STARTUP_TIMEOUT_S,
+    ArrivalRecorder,
     Gateway,
     buffer_state,
     choose_cores,
@@ -130,24 +130,6 @@ def gateway_config(
 
 
 # --- the fleet side ---------------------------------------------------------------------------
-
-
-class Arrivals:
-    """Arrival time and payload of every reading message, parsed after the window."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._arrivals: list[tuple[float, bytes]] = []
-
-    def on_message(self, message: Received) -> None:
-        arrived = time.time()
-        with self._lock:
-            self._arrivals.append((arrived, message.payload))
-
-    def take(self) -> list[tuple[float, bytes]]:
-        with self._lock:
-            taken, self._arrivals = self._arrivals, []
-        return taken
 
 
 def _read_time(message: dict[str, Any]) -> float | None:
@@ -255,7 +237,7 @@ class Run:
 class Rig:
     broker: MosquittoBroker
     meters: ServerFleet
-    arrivals: Arrivals
+    arrivals: ArrivalRecorder
     gateway_core: int
     seconds: float
     warmup: float
@@ -486,7 +468,7 @@ def saturation_section(rig: Rig, max_inflight: int | None) -> None:
 def rig(devices: int, seconds: float, warmup: float) -> Iterator[Rig]:
     gateway_core, _other, cores = choose_cores()
     print(f"cost bench: {cores.replace('50 sims', f'{devices} sims')}", flush=True)
-    arrivals = Arrivals()
+    arrivals = ArrivalRecorder()
     topic = f"{TOPIC_PREFIX}/{GATEWAY_ID}/devices/+/reading"
     with (
         MosquittoBroker() as broker,
