@@ -225,8 +225,9 @@ class ModbusDevice(DeviceBase):
         ge=0,
         le=MAX_REGISTERS_PER_READ,
         description=(
-            "Unused registers a request may read across to merge two blocks into one request; "
-            "raise it only for meters that answer reads of unmapped registers"
+            "Unused registers a request may read across to merge two blocks into one request. "
+            "Left out here and in the template: gaps are read across and what the meter "
+            "refuses is learned; 0: never read across a gap"
         ),
     )
     max_block: int = Field(
