@@ -38,7 +38,7 @@ from drivers.ble.config import BleBus, BleDevice
 from drivers.ble.driver import BleAdapter
 from gateway.clock import SystemClock
 from gateway.errors import DeviceError
-from gateway.readings import Reading
+from gateway.readings import DeviceIdentity, Reading
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = bytes.fromhex("231d39c1d7cc1ab1aee224cd096db932")
@@ -66,6 +66,9 @@ def payload_maker(kind: str) -> Callable[[str, int], formats.Payload]:
 
 class _NoSink:
     async def submit(self, reading: Reading) -> None:
+        return None
+
+    def describe(self, device: str, identity: DeviceIdentity) -> None:
         return None
 
     def device_failed(self, device: str, error: DeviceError) -> None:

@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 from gateway.errors import DeviceError
-from gateway.readings import Reading
+from gateway.readings import DeviceIdentity, Reading
 
 if TYPE_CHECKING:
     from gateway.clock import Clock
@@ -69,6 +69,14 @@ class ReadingSink(Protocol):
     def device_failed(self, device: str, error: DeviceError) -> None:
         """Report that ``device`` could not be heard from (a sensor that stopped advertising
         past its staleness limit): recorded in its health, logged once per outage."""
+        ...
+
+    def describe(self, device: str, identity: DeviceIdentity) -> None:
+        """Report what ``device`` says of itself once heard (a BLE parser's model, name and
+        the device class of each value), beside what its config says. Call it again when that
+        changes (a value of a new kind was decoded), not with every reading: the fleet's
+        retained description (and Home Assistant's discovery) is sent again before the
+        device's next reading."""
         ...
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -94,6 +94,9 @@ class PointInfo:
     maximum: float | None = None
     #: Its value is text (a string or an enum's label), not a number.
     text: bool = False
+    #: What it measures, in Home Assistant's words (temperature, humidity, battery ...), where
+    #: the config or the device says so.
+    device_class: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,4 +114,39 @@ class DeviceInfo:
     #: electricity, heat, water, gas, pv: what a template says the meter measures.
     medium: str | None = None
     #: The configured points, where the config lists them (a host device's depend on the box).
+    points: tuple[PointInfo, ...] = ()
+    #: The name the device gives itself (a BLE parser's "Ruuvi 3A5F"), once it was heard.
+    device_name: str | None = None
+
+    def identified(self, identity: DeviceIdentity) -> DeviceInfo:
+        """This description completed by what the device says of itself: what the config
+        leaves out is taken from ``identity`` (the config is what the user said, so it wins);
+        a point the config does not list joins with the unit and class the device gave."""
+        configured = {point.name: point for point in self.points}
+        points = list(self.points)
+        for told in identity.points:
+            known = configured.get(told.name)
+            if known is None:
+                points.append(told)
+            elif known.device_class is None and told.device_class is not None:
+                points[points.index(known)] = replace(known, device_class=told.device_class)
+        return replace(
+            self,
+            manufacturer=self.manufacturer or identity.manufacturer,
+            model=self.model or identity.model,
+            device_name=self.device_name or identity.device_name,
+            points=tuple(points),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    """What a device says of itself once heard, as its driver reports it at run time
+    (:meth:`gateway.driver.ReadingSink.describe`): a BLE parser's manufacturer, model and name,
+    and the unit and device class of each point it decoded. It completes the config's
+    :class:`DeviceInfo` (:meth:`DeviceInfo.identified`), never overrides it."""
+
+    manufacturer: str | None = None
+    model: str | None = None
+    device_name: str | None = None
     points: tuple[PointInfo, ...] = ()

@@ -27,6 +27,7 @@ from gateway.clock import Clock, SystemClock, epoch_ms
 from gateway.commands import CommandHandler, RecentIds
 from gateway.config.loader import load_config
 from gateway.config.model import GatewayConfig
+from gateway.descriptions import Descriptions
 from gateway.driver import BusDriver, BusDriverFactory, PolledDevice, StreamingBusDriver
 from gateway.errors import ConfigError, StorageError
 from gateway.health import HealthRegistry
@@ -170,14 +171,18 @@ async def _run_config(
     deadline: Deadline = shutdown
     try:
         async with contextlib.AsyncExitStack() as buses:
-            sink = Sink(buffer, health, clock)
+            # The config's descriptions, completed by what devices say of themselves (drivers
+            # report that through the sink; the dialect and discovery read it).
+            descriptions = Descriptions(device.info() for device in config.devices)
+            described = descriptions.configured()
+            sink = Sink(buffer, health, clock, descriptions)
             parts, polled = await _open_buses(config, drivers, buses, sink, clock, ending, health)
             parts.append(_Part("clock watch", sink.watch_clock))
-            described = tuple(device.info() for device in config.devices)
             dialect = JsonDialect(
                 config.mqtt.topic_prefix,
                 config.gateway.id,
                 GatewayInfo(version(), config.config_hash(), lifetime.started_ms, described),
+                descriptions,
             )
             forwarder = Forwarder(
                 config.mqtt,
@@ -194,7 +199,7 @@ async def _run_config(
                     config, config_path, polled, described, buffer, lifetime, clock
                 ),
                 after_birth=switch.outcome(epoch_ms(clock)),
-                discovery=await _discovery(config, dialect, described),
+                discovery=await _discovery(config, dialect, descriptions),
             )
             if config.metrics is not None:
                 parts.append(
@@ -259,7 +264,7 @@ def _settle() -> None:
 
 
 async def _discovery(
-    config: GatewayConfig, dialect: JsonDialect, described: Sequence[DeviceInfo]
+    config: GatewayConfig, dialect: JsonDialect, described: Descriptions
 ) -> Discovery | None:
     """Home Assistant discovery, when the config asks for it; what it announced before is
     kept beside the buffer."""

@@ -9,9 +9,10 @@ import logging
 
 from gateway.buffer import Buffer
 from gateway.clock import Clock
+from gateway.descriptions import Descriptions
 from gateway.errors import DeviceError, StorageDeferred, StorageError
 from gateway.health import HealthRegistry
-from gateway.readings import Reading, Unsynchronised
+from gateway.readings import DeviceIdentity, Reading, Unsynchronised
 from gateway.timekeeping import RECHECK_EVERY, StepLog
 
 log = logging.getLogger(__name__)
@@ -20,10 +21,19 @@ log = logging.getLogger(__name__)
 class Sink:
     """Implements :class:`gateway.driver.ReadingSink` on the buffer."""
 
-    def __init__(self, buffer: Buffer, health: HealthRegistry, clock: Clock) -> None:
+    def __init__(
+        self,
+        buffer: Buffer,
+        health: HealthRegistry,
+        clock: Clock,
+        descriptions: Descriptions | None = None,
+    ) -> None:
+        """``descriptions``: where what devices say of themselves goes (for the fleet's
+        descriptions); without it, :meth:`describe` is ignored."""
         self._buffer = buffer
         self._health = health
         self._clock = clock
+        self._descriptions = descriptions
         #: Held rows may wait from an earlier run in this boot: look once the clock is good.
         self._restamp_due = True
         #: Unsynchronised readings submitted and not yet on disk: a restamp that runs
@@ -108,6 +118,10 @@ class Sink:
 
     def device_failed(self, device: str, error: DeviceError) -> None:
         self._health.device(device).failed(str(error))
+
+    def describe(self, device: str, identity: DeviceIdentity) -> None:
+        if self._descriptions is not None and self._descriptions.identify(device, identity):
+            log.debug("%s describes itself: %s", device, identity)
 
     def device_faulted(self, device: str, error: Exception) -> None:
         """The driver of ``device`` raised something that is not a DeviceError (a bug)."""

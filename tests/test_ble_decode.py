@@ -25,6 +25,7 @@ from drivers.ble.keys import bind_key_of
 from gateway.clock import SystemClock
 from gateway.config.loader import parse_config
 from gateway.errors import ConfigError, DeviceError, DeviceProtocolError
+from gateway.readings import DeviceIdentity
 from tests.harness import REPO, run_fieldgate
 
 ADDRESS = "54:48:E6:8F:80:A5"
@@ -239,6 +240,9 @@ class _Sink:
         self.failed: list[str] = []
 
     async def submit(self, reading: object) -> None:
+        return None
+
+    def describe(self, device: str, identity: DeviceIdentity) -> None:
         return None
 
     def device_failed(self, device: str, error: DeviceError) -> None:

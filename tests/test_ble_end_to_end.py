@@ -331,3 +331,61 @@ def test_one_connection_slot_serves_the_good_gatt_sensor_between_a_hanging_ones_
         assert not readings_of(fleet, "gatt")
         assert gateway.stop() == 0
     assert fleet.units(readings_of(fleet, "good")[-1])["battery"] == "%"
+
+
+def test_the_fleet_and_home_assistant_learn_what_each_sensor_says_it_is(
+    broker: MosquittoBroker, fleet: FleetSubscriber, gateways: list[GatewayProcess], tmp_path: Path
+):
+    """The parser's model, name and device classes reach the retained description and Home
+    Assistant's discovery configs, though the config names none of them."""
+    sensors = [
+        SimSensor(Kind.BTHOME, PLAIN, "BTHome 0001", seed=1),
+        SimSensor(Kind.RUUVI, RUUVI, "Ruuvi 0003", seed=3),
+    ]
+    with SimulatedBluetooth(sensors) as bt:
+        config = gateway_yaml(
+            broker.port,
+            tmp_path / "buffer.db",
+            buses=ble_bus(),
+            devices=f"- {{name: plain, bus: radio, address: '{PLAIN}', interval: 1s}}\n"
+            f"- {{name: ruuvi, bus: radio, address: '{RUUVI}', interval: 1s}}\n",
+        ).replace("buffer:\n", "homeassistant:\n  discovery: true\nbuffer:\n", 1)
+        gateway = start_gateway(gateways, tmp_path, config, {"DBUS_SYSTEM_BUS_ADDRESS": bt.address})
+        assert fleet.wait_for(has_readings({"plain": 2, "ruuvi": 2}), timeout=40), gateway.log()
+        assert gateway.stop() == 0
+    plain = fleet.description(readings_of(fleet, "plain")[-1])
+    ruuvi = fleet.description(readings_of(fleet, "ruuvi")[-1])
+    assert (plain["kind"], plain["model"], plain["device_name"]) == (
+        "ble",
+        "BTHome sensor",
+        "BTHome 0001 0001",
+    )
+    assert (ruuvi["manufacturer"], ruuvi["model"], ruuvi["device_name"]) == (
+        "Ruuvi Innovations Ltd.",
+        "RuuviTag",
+        "RuuviTag 0003",
+    )
+    classes = {p["name"]: p.get("device_class") for p in ruuvi["points"]}
+    assert classes["temperature"] == "temperature"
+    assert classes["humidity"] == "humidity"
+    assert classes["pressure"] == "pressure"
+    assert classes["rssi"] == "signal_strength"
+    assert {p["name"]: p.get("device_class") for p in plain["points"]}["battery"] == "battery"
+
+    discovered: dict[str, dict[str, Any]] = {}
+    for message in fleet.messages(lambda t: t.startswith("homeassistant/sensor/")):
+        if message.payload:
+            discovered[message.topic] = message.json()
+    node = "homeassistant/sensor/fieldgate_gw-test_{}/{}/config"
+    humidity = discovered[node.format("ruuvi", "humidity")]
+    assert humidity["device_class"] == "humidity"
+    assert humidity["unit_of_measurement"] == "%"
+    assert humidity["device"]["manufacturer"] == "Ruuvi Innovations Ltd."
+    assert humidity["device"]["model"] == "RuuviTag (RuuviTag 0003)"
+    assert humidity["device"]["name"] == "ruuvi"
+    assert discovered[node.format("ruuvi", "pressure")]["device_class"] == "pressure"
+    assert discovered[node.format("plain", "temperature")]["device_class"] == "temperature"
+    assert discovered[node.format("plain", "battery")]["device_class"] == "battery"
+    assert discovered[node.format("plain", "rssi")]["device_class"] == "signal_strength"
+    # A parser's class Home Assistant's sensor does not have is left out, not sent.
+    assert "device_class" not in discovered[node.format("ruuvi", "acceleration_x")]

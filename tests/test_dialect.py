@@ -14,11 +14,13 @@ from hypothesis import strategies as st
 
 from bench import wire_bytes
 from gateway.buffer import BufferStats
+from gateway.descriptions import Descriptions
 from gateway.driver import LineCounts
 from gateway.events import BufferedEvent, DeviceDrops, DropReason, EventKind, GatewayEvent
 from gateway.health import BusHealth, HealthRegistry, LatencyHistogram
 from gateway.readings import (
     BufferedReading,
+    DeviceIdentity,
     DeviceInfo,
     PointInfo,
     PointValue,
@@ -126,6 +128,53 @@ def test_the_description_goes_once_per_session_and_layout_and_says_the_points():
     ]
     session.birth()  # a new session: the fleet's broker may have lost the retained one
     assert session.description(changed) is not None
+
+
+def test_what_a_device_says_of_itself_is_described_again_and_the_config_wins():
+    sensor = DeviceInfo("s1", "radio", "ble", points=(PointInfo("temperature", "°C"),))
+    descriptions = Descriptions((METER, sensor))
+    session = JsonDialect("site/a", "gw-1", INFO, descriptions)
+    session.birth()
+    reading = BufferedReading(
+        7, Reading("s1", 0, (PointValue("temperature", 4.5, "°C"), PointValue("rssi", -60, "dBm")))
+    )
+    first = session.description(reading)
+    assert first is not None
+    assert "model" not in json.loads(first.payload)
+    assert session.description(reading) is None
+    said = DeviceIdentity(
+        manufacturer="Ruuvi Innovations Ltd.",
+        model="RuuviTag",
+        device_name="RuuviTag 0003",
+        points=(
+            PointInfo("temperature", "°C", device_class="temperature"),
+            PointInfo("rssi", "dBm", device_class="signal_strength"),
+        ),
+    )
+    assert descriptions.identify("s1", said)
+    assert not descriptions.identify("s1", said)  # nothing new: nothing to send again
+    assert not descriptions.identify("not-configured", said)
+    again = session.description(reading)
+    assert again is not None
+    assert again.retain
+    document = json.loads(again.payload)
+    validator("description").validate(document)
+    assert document["layout"] == json.loads(first.payload)["layout"]
+    assert (document["manufacturer"], document["model"], document["device_name"]) == (
+        "Ruuvi Innovations Ltd.",
+        "RuuviTag",
+        "RuuviTag 0003",
+    )
+    assert document["points"] == [
+        {"name": "temperature", "unit": "°C", "device_class": "temperature"},
+        {"name": "rssi", "unit": "dBm", "device_class": "signal_strength"},
+    ]
+    assert session.description(reading) is None
+    # What the config says is never overridden by what the device says.
+    assert not descriptions.identify("m1", DeviceIdentity(manufacturer="Other", model="X"))
+    meter = descriptions.get("m1")
+    assert meter is not None
+    assert (meter.manufacturer, meter.model) == ("Eastron", "SDM630-Modbus")
 
 
 def test_a_layout_id_is_the_same_for_the_same_points_and_differs_otherwise():

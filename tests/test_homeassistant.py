@@ -19,7 +19,15 @@ from drivers.host.config import HostMetric
 from drivers.host.sources import UNIT_OF
 from drivers.modbus.templates import load_templates
 from gateway.config.loader import parse_config
-from gateway.readings import BufferedReading, PointValue, Reading
+from gateway.descriptions import Descriptions
+from gateway.readings import (
+    BufferedReading,
+    DeviceIdentity,
+    DeviceInfo,
+    PointInfo,
+    PointValue,
+    Reading,
+)
 from gateway.upstream.homeassistant import Discovery
 from tests.harness import GatewayProcess, gateway_yaml, start_gateway
 from tests.wire import CheckedFleet
@@ -59,6 +67,9 @@ UNITS: dict[str, set[str | None]] = {
     "pressure": {"Pa", "hPa", "kPa", "bar", "cbar", "mbar", "mmHg", "inHg", "psi"},
     "data_size": {"bit", "kbit", "Mbit", "Gbit", "B", "kB", "MB", "GB", "TB", "KiB", "MiB", "GiB"},
     "duration": {"d", "h", "min", "s", "ms"},
+    "humidity": {"%"},
+    "battery": {"%"},
+    "signal_strength": {"dB", "dBm"},
 }
 STATE_CLASSES: dict[str, set[str]] = {
     "energy": {"total", "total_increasing"},
@@ -230,3 +241,75 @@ def test_discovery_against_a_broker_and_a_meter(
             assert gateway.stop() == 0
     # Commands are off unless the config turns them on: the gateway subscribed to nothing.
     assert broker.subscriptions("fieldgate-gw-test") == []
+
+
+def test_a_device_class_the_device_gives_is_announced_where_home_assistant_accepts_it(
+    tmp_path: Path,
+):
+    info = DeviceInfo("s1", "radio", "ble")
+    descriptions = Descriptions([info])
+    found = Discovery(
+        prefix="homeassistant",
+        gateway_id="g",
+        status_topic="fieldgate/g/status",
+        reading_topic="fieldgate/g/devices/{device}/reading",
+        devices=descriptions,
+        state_file=tmp_path / "state.json",
+    )
+    points = (
+        PointValue("humidity", 60.0, "%"),
+        PointValue("pressure", 1013.0, "hPa"),
+        PointValue("battery", 90, "%"),
+        PointValue("rssi", -60, "dBm"),
+        PointValue("opening", 1, None),
+        PointValue("odd_battery", 2950, "mV"),
+        PointValue("acceleration_x", 0.0, "m/s²"),
+    )
+    reading = BufferedReading(1, Reading("s1", 0, points))
+    before = [json.loads(m.payload) for m in found.announce(reading)]
+    # Before: only what the unit alone tells.
+    assert [sensor.get("device_class") for sensor in before] == [
+        None,
+        "pressure",
+        None,
+        None,
+        None,
+        "voltage",
+        None,
+    ]
+    assert before[0]["device"]["model"] == "ble"
+    descriptions.identify(
+        "s1",
+        DeviceIdentity(
+            manufacturer="Acme",
+            model="TH-1",
+            device_name="TH-1 0003",
+            points=(
+                PointInfo("humidity", "%", device_class="humidity"),
+                PointInfo("pressure", "hPa", device_class="pressure"),
+                PointInfo("battery", "%", device_class="battery"),
+                PointInfo("rssi", "dBm", device_class="signal_strength"),
+                PointInfo("opening", None, device_class="opening"),  # a binary sensor's
+                PointInfo("odd_battery", "mV", device_class="battery"),  # not a unit HA takes
+                PointInfo("acceleration_x", "m/s²", device_class="acceleration"),
+            ),
+        ),
+    )
+    after = [json.loads(m.payload) for m in found.announce(reading)]
+    for sensor in after:
+        check_sensor(sensor, numeric=True)
+    assert [sensor.get("device_class") for sensor in after] == [
+        "humidity",
+        "pressure",
+        "battery",
+        "signal_strength",
+        None,
+        "voltage",  # by its unit, as before
+        None,
+    ]
+    assert after[0]["device"] | {"identifiers": None} == {
+        "identifiers": None,
+        "name": "s1",
+        "manufacturer": "Acme",
+        "model": "TH-1 (TH-1 0003)",
+    }

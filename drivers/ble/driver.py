@@ -42,7 +42,7 @@ from gateway.clock import Clock
 from gateway.config.fields import format_duration
 from gateway.driver import LineCounts, ReadingSink
 from gateway.errors import DeviceError, DeviceProtocolError, DeviceTimeout, DeviceUnreachable
-from gateway.readings import PointValue, reading_from_values
+from gateway.readings import DeviceIdentity, PointInfo, PointValue, reading_from_values
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ _CHATTY_LOGGERS = ("bthome_ble", "xiaomi_ble", "govee_ble", "thermopro_ble", "ru
 _STOP_TIMEOUT = 5.0
 #: With only GATT devices, how long a silent scan runs before it is restarted.
 _SILENCE_DEFAULT = 60.0
+#: The advertisement's own RSSI, which the driver adds to every sensor's values.
+_RSSI = PointInfo("rssi", "dBm", device_class="signal_strength")
 
 #: The advertisement shapes of the supported formats, for passive scanning (BlueZ's
 #: advertisement monitor only reports what matches one of them).
@@ -89,7 +91,9 @@ class _Advertiser:
     address: str | None
     decoder: AdvertDecoder | None = None
     key_reported: bool = False
-    described: bool = False
+    #: What the sensor said of itself so far (its parser's model and name, a unit and device
+    #: class per value), as last reported to the sink; None until its first decoded advert.
+    identity: DeviceIdentity | None = None
     rejected: dict[Rejection, int] = field(default_factory=dict)
 
 
@@ -224,6 +228,7 @@ class BleAdapter:
     async def open_decoders(self, sink: ReadingSink) -> None:
         """Read the bind keys and make each sensor's decoder. :meth:`stream` does this first;
         whoever feeds :meth:`on_advert` without it (a benchmark) calls it."""
+        self._sink = sink
         for advertiser in self._advertisers:
             if advertiser.decoder is not None:
                 continue
@@ -331,22 +336,9 @@ class BleAdapter:
         if isinstance(outcome, Decoded):
             self.decoded += 1
             advertiser.key_reported = False
-            if not advertiser.described:
-                advertiser.described = True
-                what = " ".join(
-                    part
-                    for part in (outcome.manufacturer, outcome.model or outcome.device_name)
-                    if part
-                )
-                log.info(
-                    "%s (%s): %s, format %s",
-                    advertiser.config.name,
-                    address,
-                    what or "a sensor",
-                    outcome.format.value,
-                )
+            self._identify(advertiser, address, outcome)
             values = [PointValue(m.name, m.value, m.unit) for m in outcome.measurements]
-            values.append(PointValue("rssi", data.rssi, "dBm"))
+            values.append(PointValue(_RSSI.name, data.rssi, _RSSI.unit))
             wall_ms = round(self._clock.wall() * 1000)
             advertiser.sampler.add(values, now, wall_ms)
             return
@@ -357,6 +349,36 @@ class BleAdapter:
         elif outcome.reason is Rejection.KEY and not advertiser.key_reported and self._sink:
             advertiser.key_reported = True
             self._sink.device_failed(advertiser.config.name, DeviceProtocolError(outcome.detail))
+
+    def _identify(self, advertiser: _Advertiser, address: str, outcome: Decoded) -> None:
+        """Tell the sink (and the log, the first time) what the sensor is, when its decoded
+        advert says something new: its first, a value of a kind not seen before, a model."""
+        known = advertiser.identity
+        points = {p.name: p for p in known.points} if known is not None else {_RSSI.name: _RSSI}
+        for m in outcome.measurements:
+            if m.name not in points:
+                points[m.name] = PointInfo(m.name, m.unit, device_class=m.device_class)
+        before = known or DeviceIdentity()
+        identity = DeviceIdentity(
+            manufacturer=outcome.manufacturer or before.manufacturer,
+            model=outcome.model or before.model,
+            device_name=outcome.device_name or before.device_name,
+            points=tuple(points.values()),
+        )
+        if identity == known:
+            return
+        advertiser.identity = identity
+        if known is None:
+            what = " ".join(p for p in (identity.manufacturer, identity.model) if p)
+            log.info(
+                "%s (%s): %s, format %s",
+                advertiser.config.name,
+                address,
+                what or identity.device_name or "a sensor",
+                outcome.format.value,
+            )
+        if self._sink is not None:
+            self._sink.describe(advertiser.config.name, identity)
 
     def _match(self, address: str, name: str | None) -> _Advertiser | None:
         advertiser = self._by_address.get(address)

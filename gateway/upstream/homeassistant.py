@@ -24,6 +24,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from gateway.descriptions import Descriptions
 from gateway.readings import BufferedReading, DeviceInfo, PointInfo
 from gateway.upstream.json_dialect import layout_id as layout_id_of
 from gateway.upstream.messages import OutgoingMessage
@@ -62,6 +63,7 @@ _BY_UNIT: dict[str, tuple[str | None, str]] = {
     "L/min": ("volume_flow_rate", MEASUREMENT),
     "bar": ("pressure", MEASUREMENT),
     "mbar": ("pressure", MEASUREMENT),
+    "hPa": ("pressure", MEASUREMENT),
     "Pa": ("pressure", MEASUREMENT),
     "kPa": ("pressure", MEASUREMENT),
     "B": ("data_size", MEASUREMENT),
@@ -72,10 +74,49 @@ _BY_UNIT: dict[str, tuple[str | None, str]] = {
 }
 #: A counted volume, by what the meter measures.
 _VOLUME_BY_MEDIUM = {"water": "water", "gas": "gas"}
+_PRESSURES = frozenset({"Pa", "hPa", "kPa", "bar", "cbar", "mbar", "mmHg", "inHg", "psi"})
+_MASS_CONCENTRATION = frozenset({"µg/m³"})
+#: Device classes a point may be given (by its device: a BLE parser's) that Home Assistant's
+#: sensor knows, with the units it accepts for each (DEVICE_CLASS_UNITS of
+#: homeassistant/components/sensor/const.py; with another unit it refuses the whole config).
+#: A class not here (a binary sensor's "opening", a parser's "packet_id") is left out.
+_CLASS_UNITS: dict[str, frozenset[str | None]] = {
+    "temperature": frozenset({"°C", "°F", "K"}),
+    "humidity": frozenset({"%"}),
+    "moisture": frozenset({"%"}),
+    "battery": frozenset({"%"}),
+    "voltage": frozenset({"µV", "mV", "V", "kV", "MV"}),
+    "current": frozenset({"mA", "A"}),
+    "power": frozenset({"W", "kW", "MW", "GW", "TW"}),
+    "energy": frozenset({"J", "kJ", "MJ", "GJ", "mWh", "Wh", "kWh", "MWh", "GWh", "TWh"}),
+    "pressure": _PRESSURES,
+    "atmospheric_pressure": _PRESSURES,
+    "illuminance": frozenset({"lx"}),
+    "signal_strength": frozenset({"dB", "dBm"}),
+    "carbon_dioxide": frozenset({"ppm"}),
+    "carbon_monoxide": frozenset({"ppm"}),
+    "pm1": _MASS_CONCENTRATION,
+    "pm25": _MASS_CONCENTRATION,
+    "pm10": _MASS_CONCENTRATION,
+    "volatile_organic_compounds": _MASS_CONCENTRATION,
+    "volatile_organic_compounds_parts": frozenset({"ppm", "ppb"}),
+    "conductivity": frozenset({"S/cm", "mS/cm", "µS/cm"}),
+    "distance": frozenset({"mm", "cm", "m", "km", "in", "ft", "yd", "mi"}),
+    "speed": frozenset({"m/s", "km/h", "mm/s", "ft/s", "mph", "kn"}),
+    "frequency": frozenset({"Hz", "kHz", "MHz", "GHz"}),
+    "duration": frozenset({"d", "h", "min", "s", "ms"}),
+}
+#: Of those, the classes whose state only counts up.
+_COUNTED = frozenset({"energy"})
 
 
-def classify(point: str, unit: str | None, medium: str | None) -> tuple[str | None, str]:
-    """(device class, state class) of a numeric point."""
+def classify(
+    point: str, unit: str | None, medium: str | None, told: str | None = None
+) -> tuple[str | None, str]:
+    """(device class, state class) of a numeric point; ``told``: the class its device or
+    config gives it, taken where Home Assistant accepts it with ``unit``."""
+    if told is not None and unit in _CLASS_UNITS.get(told, ()):
+        return told, TOTAL_INCREASING if told in _COUNTED else MEASUREMENT
     if "power_factor" in point and unit in {None, "%"}:
         return "power_factor", MEASUREMENT
     if unit in {"m³", "L"}:
@@ -102,15 +143,16 @@ class Discovery:
         gateway_id: str,
         status_topic: str,
         reading_topic: str,
-        devices: Iterable[DeviceInfo],
+        devices: Descriptions | Iterable[DeviceInfo],
         state_file: Path,
     ) -> None:
-        """``reading_topic``: the reading topic with ``{device}`` where the device's name goes."""
+        """``reading_topic``: the reading topic with ``{device}`` where the device's name goes.
+        ``devices``: their descriptions as they are now (the dialect's), or as configured."""
         self._prefix = prefix
         self._gateway_id = gateway_id
         self._status_topic = status_topic
         self._reading_topic = reading_topic
-        self._devices = {device.name: device for device in devices}
+        self._devices = devices if isinstance(devices, Descriptions) else Descriptions(devices)
         self._state_file = state_file
         #: Device -> the config topics announced for it (from the state file, then updated).
         self.announced: dict[str, list[str]] = _load(state_file)
@@ -124,7 +166,7 @@ class Discovery:
 
     def withdrawn_devices(self) -> list[OutgoingMessage]:
         """Empty retained configs for every sensor of a device no longer configured."""
-        gone = [device for device in self.announced if device not in self._devices]
+        gone = [device for device in self.announced if self._devices.get(device) is None]
         messages = [
             OutgoingMessage(topic, b"", retain=True)
             for device in gone
@@ -148,8 +190,9 @@ class Discovery:
         for index, (point, unit) in enumerate(points):
             topic = self.config_topic(device, point)
             topics.append(topic)
-            text = configured[point].text if point in configured else False
-            config = self.sensor_config(info, point, unit, index, layout_id, text=text)
+            config = self.sensor_config(
+                info, point, unit, index, layout_id, configured=configured.get(point)
+            )
             messages.append(
                 OutgoingMessage(topic, json.dumps(config, ensure_ascii=False).encode(), retain=True)
             )
@@ -171,7 +214,7 @@ class Discovery:
         index: int,
         layout_id: str,
         *,
-        text: bool,
+        configured: PointInfo | None = None,
     ) -> dict[str, object]:
         """One sensor's discovery config, in Home Assistant's documented (unabbreviated) keys."""
         config: dict[str, object] = {
@@ -189,15 +232,18 @@ class Discovery:
             "qos": 1,
             "device": {
                 "identifiers": [self.node(info.name)],
+                # The configured name: the one the user chose (the device's own is the model's
+                # detail, below).
                 "name": info.name,
                 "manufacturer": info.manufacturer or "fieldgate",
-                "model": info.model or info.template or info.kind,
+                "model": _model(info),
             },
         }
         if unit is not None:
             config["unit_of_measurement"] = unit
-        if not text:
-            device_class, state_class = classify(point, unit, info.medium)
+        if configured is None or not configured.text:
+            told = configured.device_class if configured is not None else None
+            device_class, state_class = classify(point, unit, info.medium, told)
             if device_class is not None:
                 config["device_class"] = device_class
             config["state_class"] = state_class
@@ -209,6 +255,15 @@ class Discovery:
         temporary.write_text(json.dumps(self.announced, indent=1, sort_keys=True))
         temporary.replace(self._state_file)
         self.changed = False
+
+
+def _model(info: DeviceInfo) -> str:
+    """The model, with the name the device gives itself where that says more (a BLE parser's
+    "RuuviTag" of the sensor calling itself "Ruuvi 3A5F")."""
+    model = info.model or info.template or info.kind
+    if info.device_name is None or info.device_name == model:
+        return model
+    return f"{model} ({info.device_name})"
 
 
 def _load(path: Path) -> dict[str, list[str]]:

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from gateway.descriptions import Descriptions
 from gateway.events import BufferedEvent
 from gateway.health import HealthReport
 from gateway.readings import BufferedReading, DeviceInfo, PointInfo
@@ -66,15 +67,23 @@ class JsonDialect:
     """Topics ``<prefix>/<gateway>/status``, ``…/events``, ``…/health``,
     ``…/devices/<device>/description`` and ``…/devices/<device>/reading``."""
 
-    def __init__(self, topic_prefix: str, gateway_id: str, info: GatewayInfo) -> None:
+    def __init__(
+        self,
+        topic_prefix: str,
+        gateway_id: str,
+        info: GatewayInfo,
+        descriptions: Descriptions | None = None,
+    ) -> None:
+        """``descriptions``: the devices' descriptions as they are now (the config's, completed
+        by what the devices say of themselves); by default ``info``'s devices as configured."""
         self._prefix = topic_prefix
         self._gateway_id = gateway_id
         self._info = info
-        self._devices = {device.name: device for device in info.devices}
+        self._devices = descriptions or Descriptions(info.devices)
         #: Layouts seen, with their ids (hashed once each, not per reading).
         self._layout_ids: dict[Layout, str] = {}
-        #: Device -> the layout id whose description was sent since the last birth.
-        self._described: dict[str, str] = {}
+        #: Device -> the layout id and the description sent with it since the last birth.
+        self._described: dict[str, tuple[str, DeviceInfo | None]] = {}
 
     @property
     def gateway_id(self) -> str:
@@ -134,10 +143,12 @@ class JsonDialect:
         replayed reading from an older config); ``None`` otherwise. Publish it first."""
         device = buffered.reading.device
         layout, ident = self._layout_id(buffered)
-        if self._described.get(device) == ident:
-            return None
-        self._described[device] = ident
         info = self._devices.get(device)
+        sent = self._described.get(device)
+        # The same object: Descriptions makes a new one only when the device's changed.
+        if sent is not None and sent[0] == ident and sent[1] is info:
+            return None
+        self._described[device] = (ident, info)
         configured: dict[str, PointInfo] = {p.name: p for p in info.points} if info else {}
         message: dict[str, object] = {
             "schema": SCHEMA_VERSION,
@@ -265,6 +276,7 @@ def _device_entry(device: DeviceInfo) -> dict[str, object]:
         ("manufacturer", device.manufacturer),
         ("model", device.model),
         ("medium", device.medium),
+        ("device_name", device.device_name),
     ):
         if value is not None:
             entry[key] = value
@@ -273,6 +285,10 @@ def _device_entry(device: DeviceInfo) -> dict[str, object]:
 
 def _point_entry(name: str, unit: str | None, configured: PointInfo | None) -> dict[str, object]:
     entry: dict[str, object] = {"name": name, "unit": unit}
-    if configured is not None and configured.writable:
+    if configured is None:
+        return entry
+    if configured.device_class is not None:
+        entry["device_class"] = configured.device_class
+    if configured.writable:
         entry |= {"writable": True, "min": configured.minimum, "max": configured.maximum}
     return entry
