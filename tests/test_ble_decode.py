@@ -62,6 +62,23 @@ def values(outcome: Decoded | Rejected) -> dict[str, float | int | str]:
         (formats.govee_h5075(-3.2, 45.5, 88), "GVH5075_80A5", Format.GOVEE, None),
         (formats.thermopro_tp357(21.37, 45), "TP357 (80A5)", Format.THERMOPRO, None),
         (formats.mibeacon_lywsdcgq(ADDRESS, 1, -7.3, 55.2), "MJ_HT_V1", Format.XIAOMI, None),
+        (
+            formats.atc_pvvx_encrypted(ADDRESS, 9, -3.21, 55.5, 77, KEY),
+            "ATC_8F80A5",
+            Format.ATC,
+            KEY,
+        ),
+        *(
+            (
+                formats.mibeacon_v5_encrypted(ADDRESS, 70000 + n, measurement, value, KEY),
+                "LYWSD03MMC",
+                Format.XIAOMI,
+                KEY,
+            )
+            for n, (measurement, value) in enumerate(
+                (("temperature", -7.3), ("humidity", 55), ("battery", 77))
+            )
+        ),
     ],
 )
 def test_every_format_decodes_to_the_values_the_sensor_sent(payload, name, fmt, key):
@@ -71,6 +88,39 @@ def test_every_format_decodes_to_the_values_the_sensor_sent(payload, name, fmt, 
         for measurement, sent in payload.values.items():
             assert decoded[measurement] == pytest.approx(sent), (chosen, measurement)
         assert decoder.format is fmt
+
+
+def test_the_pvvx_firmware_authors_encrypted_frame_decodes_to_its_values():
+    """The frame of pvvx/ATC_MiThermometer's test_adv_cust.py (AD structure
+    0e161a1821a3dbe71940006994b078, bind key 1234…9012, MAC A4:C1:38:0B:5E:ED)."""
+    frame = {formats.ATC_UUID: bytes.fromhex("21a3dbe71940006994b078")}
+    key = bytes.fromhex("12345678901234567890123456789012")
+    sensor = Advert("A4:C1:38:0B:5E:ED", "ATC_0B5EED", -60, {}, frame)
+    assert values(AdvertDecoder(Format.ATC, key).decode(sensor)) == {
+        "temperature": 26.8,
+        "humidity": 38.2,
+        "battery": 100,
+    }
+    # The nonce holds the MAC: another sensor's frame does not open with the key.
+    elsewhere = Advert("A4:C1:38:0B:5E:EE", "ATC_0B5EEE", -60, {}, frame)
+    outcome = AdvertDecoder(Format.ATC, key).decode(elsewhere)
+    assert isinstance(outcome, Rejected)
+    assert outcome.reason is Rejection.KEY
+
+
+@pytest.mark.parametrize(
+    ("payload", "fmt"),
+    [
+        (formats.atc_pvvx_encrypted(ADDRESS, 3, 21.0, 45.0, 88, KEY), Format.ATC),
+        (formats.mibeacon_v5_encrypted(ADDRESS, 3, "temperature", 21.0, KEY), Format.XIAOMI),
+    ],
+)
+def test_encrypted_atc_and_mibeacon_without_their_key_are_key_rejections(payload, fmt):
+    for key in (bytes(16), None):
+        for chosen in (fmt, Format.AUTO):
+            outcome = AdvertDecoder(chosen, key).decode(advert(payload))
+            assert isinstance(outcome, Rejected), (chosen, key)
+            assert outcome.reason is Rejection.KEY, (chosen, key)
 
 
 def test_an_encrypted_sensor_with_the_wrong_key_or_none_is_a_key_rejection():
@@ -238,12 +288,13 @@ def test_a_good_ble_config_is_accepted():
 class _Sink:
     def __init__(self) -> None:
         self.failed: list[str] = []
+        self.described: list[tuple[str, DeviceIdentity]] = []
 
     async def submit(self, reading: object) -> None:
         return None
 
     def describe(self, device: str, identity: DeviceIdentity) -> None:
-        return None
+        self.described.append((device, identity))
 
     def device_failed(self, device: str, error: DeviceError) -> None:
         self.failed.append(f"{device}: {error}")
@@ -286,6 +337,62 @@ def test_the_driver_takes_any_advertisement_bytes_and_counts_each(adverts):
     # A bug in the callback would be caught there and counted as a rejection too: none was.
     assert adapter.decoded + adapter.rejected == configured
     assert adapter.faults == 0
+
+
+def _advertise(adapter: BleAdapter, address: str, payload: formats.Payload) -> None:
+    data = AdvertisementData(
+        local_name="LYWSD03MMC",
+        manufacturer_data=payload.manufacturer_data,
+        service_data=payload.service_data,
+        service_uuids=[],
+        tx_power=None,
+        rssi=-70,
+        platform_data=(),
+    )
+    adapter.on_advert(BLEDevice(address, None, None), data)
+
+
+def test_a_wrong_key_is_counted_per_advert_and_reported_once_without_the_key(tmp_path: Path):
+    wrong = "00112233445566778899aabbccddeeff"
+    (tmp_path / "k").write_text(wrong)
+    device = BleDevice.model_validate(
+        {"name": "s", "bus": "radio", "address": ADDRESS, "bind_key_file": str(tmp_path / "k")}
+    )
+    adapter = BleAdapter(BleBus(name="radio", type="ble"), [device], SystemClock())
+    sink = _Sink()
+    asyncio.run(adapter.open_decoders(sink))
+    for n in range(5):
+        _advertise(adapter, ADDRESS, formats.atc_pvvx_encrypted(ADDRESS, n, 21.0, 45.0, 88, KEY))
+    assert (adapter.heard, adapter.decoded, adapter.rejected) == (5, 0, 5)
+    assert len(sink.failed) == 1
+    assert "do not decrypt with the configured bind key" in sink.failed[0]
+    assert wrong not in sink.failed[0]
+    assert not sink.described
+
+
+def test_the_driver_describes_a_sensor_when_it_learns_something_new_of_it(tmp_path: Path):
+    (tmp_path / "k").write_text(KEY.hex())
+    device = BleDevice.model_validate(
+        {"name": "mi", "bus": "radio", "address": ADDRESS, "bind_key_file": str(tmp_path / "k")}
+    )
+    adapter = BleAdapter(BleBus(name="radio", type="ble"), [device], SystemClock())
+    sink = _Sink()
+    asyncio.run(adapter.open_decoders(sink))
+    for n, (measurement, value) in enumerate((("temperature", 4.5), ("temperature", 4.6))):
+        _advertise(
+            adapter, ADDRESS, formats.mibeacon_v5_encrypted(ADDRESS, n, measurement, value, KEY)
+        )
+    assert len(sink.described) == 1  # a second temperature says nothing new
+    _advertise(adapter, ADDRESS, formats.mibeacon_v5_encrypted(ADDRESS, 5, "humidity", 55, KEY))
+    assert len(sink.described) == 2
+    device_name, identity = sink.described[-1]
+    assert device_name == "mi"
+    assert (identity.manufacturer, identity.model) == ("Xiaomi", "LYWSD03MMC")
+    assert {p.name: p.device_class for p in identity.points} == {
+        "rssi": "signal_strength",
+        "temperature": "temperature",
+        "humidity": "humidity",
+    }
 
 
 def test_an_inline_bind_key_is_refused_without_echoing_it():

@@ -84,6 +84,16 @@ def assert_sent(
     assert checked >= 2, (address, reading)
 
 
+def assert_wrong_key_reported_once(log: str, fleet: FleetSubscriber, wrong_key: str) -> None:
+    """The sensor ``wrong-key`` was reported once, sent nothing, and no key reached the log."""
+    assert log.count("device wrong-key failed") == 1, log
+    assert "do not decrypt with the configured bind key" in log
+    assert wrong_key not in log, "a key leaked into the log"
+    assert DEMO_BIND_KEY.hex() not in log, "a key leaked into the log"
+    assert not readings_of(fleet, "wrong-key")
+    assert "Traceback" not in log, log
+
+
 def test_ble_sensors_reach_the_broker_with_the_values_they_sent(
     broker: MosquittoBroker, fleet: FleetSubscriber, gateways: list[GatewayProcess], tmp_path: Path
 ):
@@ -142,13 +152,7 @@ def test_ble_sensors_reach_the_broker_with_the_values_they_sent(
         assert gateway.process.poll() is None, "the gateway must survive garbage adverts"
         assert gateway.stop() == 0
 
-    log = gateway.log()
-    assert log.count("device wrong-key failed") == 1, log
-    assert "do not decrypt with the configured bind key" in log
-    assert wrong_key not in log, "a key leaked into the log"
-    assert DEMO_BIND_KEY.hex() not in log, "a key leaked into the log"
-    assert not readings_of(fleet, "wrong-key")
-    assert "Traceback" not in log, log
+    assert_wrong_key_reported_once(gateway.log(), fleet, wrong_key)
     plain = readings_of(fleet, "plain")[-1]
     assert fleet.units(plain)["temperature"] == "°C"
     assert fleet.units(plain)["rssi"] == "dBm"
@@ -389,3 +393,53 @@ def test_the_fleet_and_home_assistant_learn_what_each_sensor_says_it_is(
     assert discovered[node.format("plain", "rssi")]["device_class"] == "signal_strength"
     # A parser's class Home Assistant's sensor does not have is left out, not sent.
     assert "device_class" not in discovered[node.format("ruuvi", "acceleration_x")]
+
+
+@pytest.mark.parametrize(
+    "case", [(Kind.PVVX_ENCRYPTED, "atc"), (Kind.MIBEACON_ENCRYPTED, "xiaomi")]
+)
+def test_an_encrypted_atc_or_mibeacon_sensor_is_read_with_its_key_and_reported_with_another(
+    broker: MosquittoBroker,
+    fleet: FleetSubscriber,
+    gateways: list[GatewayProcess],
+    tmp_path: Path,
+    case: tuple[Kind, str],
+):
+    kind, fmt = case
+    key_file = tmp_path / "bind.key"
+    key_file.write_text(DEMO_BIND_KEY.hex() + "\n")
+    wrong = tmp_path / "wrong.key"
+    wrong_key = "00112233445566778899aabbccddeeff"
+    wrong.write_text(wrong_key)
+    right_address, wrong_address = "A4:C1:38:00:01:01", "A4:C1:38:00:01:02"
+    sensors = [
+        SimSensor(kind, right_address, "LYWSD03MMC", seed=21),
+        SimSensor(kind, wrong_address, "LYWSD03MMC", seed=22),
+    ]
+    with SimulatedBluetooth(sensors) as bt:
+        config = gateway_yaml(
+            broker.port,
+            tmp_path / "buffer.db",
+            buses=ble_bus(),
+            devices=f"- {{name: keyed, bus: radio, address: '{right_address}', interval: 1s, "
+            f"format: {fmt}, bind_key_file: {key_file}}}\n"
+            f"- {{name: wrong-key, bus: radio, address: '{wrong_address}', interval: 1s, "
+            f"bind_key_file: {wrong}}}\n",
+        )
+        gateway = start_gateway(gateways, tmp_path, config, {"DBUS_SYSTEM_BUS_ADDRESS": bt.address})
+        # MiBeacon sends one measurement an advertisement: enough readings to see them all.
+        assert fleet.wait_for(has_readings({"keyed": 4}), timeout=40), gateway.log()
+        assert gateway.wait_for_log("device wrong-key failed", timeout=10), gateway.log()
+        assert gateway.process is not None
+        assert gateway.process.poll() is None
+        assert gateway.stop() == 0
+        sent: list[dict[str, float]] = bt.call(lambda: list(bt.sensor(right_address).sent))
+    readings = readings_of(fleet, "keyed")
+    seen: set[str] = set()
+    for reading in readings:
+        for name, value in fleet.values(reading).items():
+            if name in RESOLUTION:
+                seen.add(name)
+                assert any(abs(value - s[name]) < 1e-9 for s in sent if name in s), (name, value)
+    assert seen >= {"temperature", "humidity", "battery"}, readings
+    assert_wrong_key_reported_once(gateway.log(), fleet, wrong_key)

@@ -21,8 +21,18 @@ DRIVER_MAY_IMPORT_FROM_CORE = {
 }
 #: Libraries outside the standard library that drivers may use (yaml: meter templates are YAML
 #: data shipped with the Modbus driver; habluetooth: the advertisement model the BLE parsers take,
-#: which are imported by name from the BLE driver's table).
-DRIVER_LIBRARIES = {"pydantic", "pymodbus", "serial", "bleak", "dbus_fast", "yaml", "habluetooth"}
+#: which are imported by name from the BLE driver's table; cryptography: AES-CCM of the encrypted
+#: ATC/pvvx formats, which the BLE driver decodes itself).
+DRIVER_LIBRARIES = {
+    "pydantic",
+    "pymodbus",
+    "serial",
+    "bleak",
+    "dbus_fast",
+    "yaml",
+    "habluetooth",
+    "cryptography",
+}
 #: Standard-library modules that belong to the core's side of the seam (storage, upstream).
 CORE_SIDE_STDLIB = {"sqlite3"}
 

@@ -110,14 +110,15 @@ class Format(StrEnum):
     RUUVI = "ruuvi"
     #: Xiaomi's MiBeacon (plain and encrypted).
     XIAOMI = "xiaomi"
-    #: The atc1441 and pvvx custom formats of the ATC_MiThermometer firmware (LYWSD03MMC ...).
+    #: The atc1441 and pvvx custom formats of the ATC_MiThermometer firmware (LYWSD03MMC ...),
+    #: and pvvx's encrypted ones.
     ATC = "atc"
     GOVEE = "govee"
     THERMOPRO = "thermopro"
 
 
 #: Formats that may be encrypted with a bind key.
-KEYED_FORMATS = frozenset({Format.AUTO, Format.BTHOME, Format.XIAOMI})
+KEYED_FORMATS = frozenset({Format.AUTO, Format.BTHOME, Format.XIAOMI, Format.ATC})
 
 
 class Sampling(StrEnum):

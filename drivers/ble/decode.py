@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from bleak.backends.device import BLEDevice
 
-from drivers.ble.atc import ATC_SERVICE_UUID, decode_atc
+from drivers.ble.atc import ATC_SERVICE_UUID, Locked, decode_atc
 from drivers.ble.config import Format
 
 #: The parser's own RSSI entity: the driver reports the RSSI of the advertisement itself.
@@ -38,7 +38,8 @@ _PARSERS: dict[Format, tuple[str, str]] = {
     Format.GOVEE: ("govee_ble", "GoveeBluetoothDeviceData"),
     Format.THERMOPRO: ("thermopro_ble", "ThermoProBluetoothDeviceData"),
 }
-#: Parsers that take a bind key (the ATC formats' own decoder is in :mod:`drivers.ble.atc`).
+#: Home Assistant's parsers that take a bind key (the ATC formats' own decoder, which takes
+#: one too, is in :mod:`drivers.ble.atc`).
 _KEYED = frozenset({Format.BTHOME, Format.XIAOMI})
 
 
@@ -132,32 +133,37 @@ class _HomeAssistantParser:
 class _AtcParser:
     """The pure ATC decoder (:mod:`drivers.ble.atc`), with its frame counter as packet id."""
 
-    def __init__(self) -> None:
+    def __init__(self, bind_key: bytes | None) -> None:
         self._counter: int | None = None
+        self._bind_key = bind_key
 
     def decode(self, advert: Advert) -> Decoded | Rejected:
         data = advert.service_data.get(ATC_SERVICE_UUID)
-        values = decode_atc(advert.address, data) if data is not None else None
+        values = decode_atc(advert.address, data, self._bind_key) if data is not None else None
         if values is None:
             return Rejected(Rejection.UNDECODABLE)
+        if isinstance(values, Locked):
+            return Rejected(Rejection.KEY, _key_detail(self._bind_key))
         if values.counter == self._counter:
             return Rejected(Rejection.NOTHING_NEW)
         self._counter = values.counter
+        measurements = [
+            Measurement("temperature", values.temperature, "°C", "temperature"),
+            Measurement("humidity", values.humidity, "%", "humidity"),
+            Measurement("battery", values.battery, "%", "battery"),
+        ]
+        if values.voltage is not None:
+            measurements.append(Measurement("voltage", values.voltage, "V", "voltage"))
         return Decoded(
             format=Format.ATC,
-            measurements=(
-                Measurement("temperature", values.temperature, "°C", "temperature"),
-                Measurement("humidity", values.humidity, "%", "humidity"),
-                Measurement("battery", values.battery, "%", "battery"),
-                Measurement("voltage", values.voltage, "V", "voltage"),
-            ),
+            measurements=tuple(measurements),
             model=f"ATC_MiThermometer ({values.firmware})",
             device_name=advert.name,
         )
 
 
 def _parser(fmt: Format, bind_key: bytes | None) -> _Parser:
-    return _AtcParser() if fmt is Format.ATC else _HomeAssistantParser(fmt, bind_key)
+    return _AtcParser(bind_key) if fmt is Format.ATC else _HomeAssistantParser(fmt, bind_key)
 
 
 def _service_info(advert: Advert) -> Any:

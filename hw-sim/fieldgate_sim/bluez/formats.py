@@ -109,6 +109,25 @@ def atc_pvvx(  # noqa: PLR0917 - the fields of the frame, in order
     return Payload({ATC_UUID: data}, {}, values)
 
 
+def atc_pvvx_encrypted(  # noqa: PLR0917 - the fields of the frame, in order
+    address: str, counter: int, temperature: float, humidity: float, battery: int, key: bytes
+) -> Payload:
+    """pvvx's encrypted custom format (pvvx/ATC_MiThermometer src/custom_beacon.[ch],
+    pvvx_encrypt_data_beacon): service data of 0x181A, 11 bytes: counter u8, then AES-CCM
+    (4-byte MIC, associated data the one byte 0x11) of temperature i16 0.01 °C, humidity u16
+    0.01 %, battery u8 %, flags u8 (little-endian), then the MIC. The nonce is the MAC reversed
+    and the AD structure's head: length (14), type 0x16, UUID 1a 18, counter."""
+    t = round(temperature * 100)
+    h = round(humidity * 100)
+    head = bytes([14, 0x16, 0x1A, 0x18, counter & 0xFF])
+    nonce = _mac_bytes(address)[::-1] + head
+    sealed = AESCCM(key, tag_length=4).encrypt(
+        nonce, struct.pack("<hHBB", t, h, battery, 0), b"\x11"
+    )
+    values = {"temperature": t / 100, "humidity": h / 100, "battery": float(battery)}
+    return Payload({ATC_UUID: head[4:] + sealed}, {}, values)
+
+
 def atc1441(  # noqa: PLR0917 - the fields of the frame, in order
     address: str, counter: int, temperature: float, humidity: float, battery: int, mv: int
 ) -> Payload:
@@ -160,6 +179,39 @@ def mibeacon_lywsdcgq(address: str, counter: int, temperature: float, humidity: 
         + struct.pack("<HBhH", 0x100D, 4, t, h)
     )
     return Payload({MIBEACON_UUID: data}, {}, {"temperature": t / 10, "humidity": h / 10})
+
+
+#: MiBeacon object ids (Mijia BLE Object Definition) and how each is packed and scaled.
+_MI_OBJECTS = {
+    "temperature": (0x1004, "<h", 10),
+    "humidity": (0x1006, "<H", 10),
+    "battery": (0x100A, "<B", 1),
+}
+#: The LYWSD03MMC's MiBeacon product id.
+LYWSD03MMC = 0x055B
+
+
+def mibeacon_v5_encrypted(
+    address: str, counter: int, measurement: str, value: float, key: bytes
+) -> Payload:
+    """MiBeacon v5, encrypted, as pvvx's firmware sends it for a LYWSD03MMC (src/mi_beacon.c,
+    mi_encrypt_data_beacon; the frame control bits of "BLE MiBeacon protocol v5"): service data
+    of 0xFE95: frame control u16 LE 0x5858 (version 5, auth mode 2, registered, object and MAC
+    included, encrypted), product id u16 LE, frame counter u8, MAC reversed, the object (id u16
+    LE, length u8, value) encrypted with AES-CCM (associated data 0x11, 4-byte MIC), the 3
+    upper bytes of the 32-bit counter, the MIC. Nonce: MAC reversed, product id, the 32-bit
+    counter (LE). One measurement an advertisement, as the sensor sends them."""
+    ident, layout, scale = _MI_OBJECTS[measurement]
+    raw = round(value * scale)
+    count = struct.pack("<I", counter & 0xFFFFFFFF)
+    mac = _mac_bytes(address)[::-1]
+    pid = struct.pack("<H", LYWSD03MMC)
+    obj = struct.pack("<HB", ident, struct.calcsize(layout)) + struct.pack(layout, raw)
+    sealed = AESCCM(key, tag_length=4).encrypt(mac + pid + count, obj, b"\x11")
+    frame = (
+        struct.pack("<H", 0x5858) + pid + count[:1] + mac + sealed[:-4] + count[1:] + sealed[-4:]
+    )
+    return Payload({MIBEACON_UUID: frame}, {}, {measurement: raw / scale})
 
 
 def ibeacon(minor: int) -> Payload:

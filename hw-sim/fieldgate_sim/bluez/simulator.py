@@ -40,10 +40,14 @@ class Kind(StrEnum):
     BTHOME_ENCRYPTED = "bthome-encrypted"
     RUUVI = "ruuvi"
     PVVX = "pvvx"
+    #: pvvx's custom format encrypted with the bind key.
+    PVVX_ENCRYPTED = "pvvx-encrypted"
     ATC1441 = "atc1441"
     GOVEE = "govee"
     THERMOPRO = "thermopro"
     MIBEACON = "mibeacon"
+    #: MiBeacon v5 encrypted with the bind key (a LYWSD03MMC): one measurement an advert.
+    MIBEACON_ENCRYPTED = "mibeacon-encrypted"
     #: Random bytes under the UUIDs and company ids of the formats above.
     GARBAGE = "garbage"
     #: No data in its advertisements; temperature, humidity and battery over GATT.
@@ -108,6 +112,8 @@ class SimSensor:
                 payload = formats.thermopro_tp357(t, round(h))
             case Kind.MIBEACON:
                 payload = formats.mibeacon_lywsdcgq(self.address, n, t, h)
+            case Kind.PVVX_ENCRYPTED | Kind.MIBEACON_ENCRYPTED:
+                payload = self._encrypted(t, h, battery)
             case Kind.IBEACON:
                 payload = formats.ibeacon(n)
             case Kind.GARBAGE | Kind.GATT:
@@ -115,6 +121,17 @@ class SimSensor:
         if payload.values:
             self._record(payload.values)
         return payload
+
+    def _encrypted(self, t: float, h: float, battery: int) -> formats.Payload:
+        key = self.key or DEMO_BIND_KEY
+        n = self.count
+        if self.kind is Kind.PVVX_ENCRYPTED:
+            return formats.atc_pvvx_encrypted(self.address, n, t, h, battery, key)
+        # Humidity in whole percent: xiaomi-ble reads a LYWSD03MMC's so (the stock firmware's
+        # resolution), so the gateway publishes what was sent.
+        measurements = (("temperature", t), ("humidity", round(h)), ("battery", battery))
+        name, value = measurements[n % 3]
+        return formats.mibeacon_v5_encrypted(self.address, n, name, value, key)
 
     def _garbage(self) -> formats.Payload:
         if self.kind is Kind.GATT:
