@@ -59,6 +59,10 @@ def payload_maker(kind: str) -> Callable[[str, int], formats.Payload]:
             return formats.bthome_v2(where, n, t, h, 90, key=KEY, counter=n)
         if kind == "ruuvi":
             return formats.ruuvi_rawv2(where, n, t, h, 1013.0, 2950)
+        if kind == "pvvx-encrypted":
+            return formats.atc_pvvx_encrypted(where, n, t, h, 90, KEY)
+        if kind == "mibeacon-encrypted":
+            return formats.mibeacon_v5_encrypted(where, n, "temperature", t, KEY)
         return formats.atc_pvvx(where, n, t, h, 90, 2950)
 
     return make
@@ -88,7 +92,7 @@ def decode_rate(kind: str, fmt: str, sensors: int, per_sensor: int) -> tuple[flo
                     "address": address(n),
                     "format": fmt,
                     "interval": "10s",
-                    **({"bind_key_file": str(key_file)} if kind == "bthome-encrypted" else {}),
+                    **({"bind_key_file": str(key_file)} if "encrypted" in kind else {}),
                 }
             )
             for n in range(sensors)
@@ -192,10 +196,12 @@ def main() -> None:
         ("bthome-encrypted", "bthome"),
         ("ruuvi", "ruuvi"),
         ("pvvx", "atc"),
+        ("pvvx-encrypted", "atc"),
+        ("mibeacon-encrypted", "xiaomi"),
         ("ruuvi", "auto"),
     ):
         rate, decoded, rejected = decode_rate(kind, fmt, 100, per_sensor)
-        print(f"  {kind:17} format {fmt:7} {rate:8.0f}/s  ({decoded} decoded, {rejected} rejected)")
+        print(f"  {kind:18} format {fmt:7} {rate:8.0f}/s  ({decoded} decoded, {rejected} rejected)")
     if not mosquitto_available():
         print("mosquitto is not installed: the 200-sensor figure is skipped")
         return

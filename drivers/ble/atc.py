@@ -31,6 +31,8 @@ _PVVX = struct.Struct("<6shHHBBB")
 _PVVX_SECRET = struct.Struct("<hHBB")
 _ATC_SECRET = struct.Struct("<BBB")
 _TAG = 4
+#: The service data lengths of the encrypted frames: counter, ciphertext, tag.
+_SEALED_SIZES = frozenset({1 + _PVVX_SECRET.size + _TAG, 1 + _ATC_SECRET.size + _TAG})
 #: The 16-bit service data AD type and UUID 0x181A as they precede the data on the air.
 _AD_HEAD = b"\x16\x1a\x18"
 _ASSOCIATED = b"\x11"
@@ -66,7 +68,7 @@ def decode_atc(
         return None
     if len(mac) != 6:
         return None
-    if len(data) in {1 + _PVVX_SECRET.size + _TAG, 1 + _ATC_SECRET.size + _TAG}:
+    if len(data) in _SEALED_SIZES:
         return _decrypt(mac, data, bind_key)
     return _plain(mac, data)
 

@@ -94,6 +94,10 @@ class _Advertiser:
     #: What the sensor said of itself so far (its parser's model and name, a unit and device
     #: class per value), as last reported to the sink; None until its first decoded advert.
     identity: DeviceIdentity | None = None
+    #: The names of ``identity``'s points and the parser's last (manufacturer, model, name):
+    #: what tells an advertisement that says nothing new cheaply.
+    point_names: frozenset[str] = frozenset()
+    said: tuple[str | None, str | None, str | None] | None = None
     rejected: dict[Rejection, int] = field(default_factory=dict)
 
 
@@ -353,6 +357,12 @@ class BleAdapter:
     def _identify(self, advertiser: _Advertiser, address: str, outcome: Decoded) -> None:
         """Tell the sink (and the log, the first time) what the sensor is, when its decoded
         advert says something new: its first, a value of a kind not seen before, a model."""
+        said = (outcome.manufacturer, outcome.model, outcome.device_name)
+        if said == advertiser.said and all(
+            m.name in advertiser.point_names for m in outcome.measurements
+        ):
+            return  # the common case, on every advertisement: nothing made, nothing told
+        advertiser.said = said
         known = advertiser.identity
         points = {p.name: p for p in known.points} if known is not None else {_RSSI.name: _RSSI}
         for m in outcome.measurements:
@@ -368,6 +378,7 @@ class BleAdapter:
         if identity == known:
             return
         advertiser.identity = identity
+        advertiser.point_names = frozenset(points)
         if known is None:
             what = " ".join(p for p in (identity.manufacturer, identity.model) if p)
             log.info(
