@@ -23,6 +23,7 @@ from fieldgate_sim.modbus_server import RegisterBank, start_in_thread
 from fieldgate_sim.mosquitto import MosquittoBroker
 
 from tests.harness import GatewayProcess, gateway_yaml, start_gateway, wait_until
+from tests.wire import CheckedFleet
 
 PLAIN = "A4:C1:38:00:00:01"
 ENCRYPTED = "A4:C1:38:00:00:02"
@@ -357,6 +358,12 @@ def test_the_fleet_and_home_assistant_learn_what_each_sensor_says_it_is(
         gateway = start_gateway(gateways, tmp_path, config, {"DBUS_SYSTEM_BUS_ADDRESS": bt.address})
         assert fleet.wait_for(has_readings({"plain": 2, "ruuvi": 2}), timeout=40), gateway.log()
         assert gateway.stop() == 0
+    # Retained: whoever subscribes later is told what the sensor is.
+    with CheckedFleet(broker.port, topic="fieldgate/gw-test/devices/ruuvi/description") as late:
+        assert late.wait_for(lambda f: bool(f.messages()), timeout=10)
+        retained = late.messages()[-1]
+    assert retained.retain
+    assert retained.json()["model"] == "RuuviTag"
     plain = fleet.description(readings_of(fleet, "plain")[-1])
     ruuvi = fleet.description(readings_of(fleet, "ruuvi")[-1])
     assert (plain["kind"], plain["model"], plain["device_name"]) == (
