@@ -159,6 +159,12 @@ def test_ble_sensors_reach_the_broker_with_the_values_they_sent(
     assert fleet.units(plain)["rssi"] == "dBm"
     gatt = readings_of(fleet, "gatt")[-1]
     assert set(fleet.values(gatt)) == {"temperature", "humidity", "battery"}
+    # What each standard characteristic measures is in the description.
+    assert {p["name"]: p.get("device_class") for p in fleet.description(gatt)["points"]} == {
+        "temperature": "temperature",
+        "humidity": "humidity",
+        "battery": "battery",
+    }
     assert gatt["quality"] == "good"
 
 

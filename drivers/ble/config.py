@@ -32,6 +32,16 @@ from gateway.readings import DeviceInfo, PointInfo
 _MAC = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}")
 #: The Bluetooth base UUID: a 16-bit UUID ``xxxx`` is ``0000xxxx-0000-1000-8000-00805f9b34fb``.
 _BASE_UUID = "0000{}-0000-1000-8000-00805f9b34fb"
+#: What a standard characteristic measures (Bluetooth SIG assigned numbers, GATT
+#: Specification Supplement), in Home Assistant's device classes: the fleet's description
+#: tells it, and Home Assistant's discovery uses it where it takes the point's unit with it.
+CHARACTERISTIC_CLASSES = {
+    _BASE_UUID.format("2a6e"): "temperature",  # Temperature (0.01 °C)
+    _BASE_UUID.format("2a1f"): "temperature",  # Temperature Celsius (0.1 °C)
+    _BASE_UUID.format("2a6f"): "humidity",  # Humidity (0.01 %)
+    _BASE_UUID.format("2a19"): "battery",  # Battery Level (%)
+    _BASE_UUID.format("2a6d"): "pressure",  # Pressure (0.1 Pa)
+}
 _UUID16 = re.compile(r"(?:0x)?([0-9A-Fa-f]{4})")
 _UUID128 = re.compile(
     r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
@@ -237,13 +247,18 @@ class BleDevice(DeviceBase):
 
     def info(self) -> DeviceInfo:
         # An advertiser's points are what its sensor sends (known once it is heard); a GATT
-        # device's are its configured characteristics.
+        # device's are its configured characteristics, which say what they measure.
         return DeviceInfo(
             self.name,
             self.bus,
             self.kind,
             points=tuple(
-                PointInfo(point.name, point.unit, text=point.type is GattType.STRING)
+                PointInfo(
+                    point.name,
+                    point.unit,
+                    text=point.type is GattType.STRING,
+                    device_class=CHARACTERISTIC_CLASSES.get(point.characteristic),
+                )
                 for point in self.points
             ),
         )
