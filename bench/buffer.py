@@ -9,6 +9,7 @@ Prints figures only: no assertions, no pass/fail.
 
     .venv/bin/python bench/buffer.py            # everything (a few minutes)
     .venv/bin/python bench/buffer.py --quick    # small numbers, for smoke-testing
+    .venv/bin/python bench/buffer.py --ingest   # the ingest figures only (bytes, fsyncs)
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from gateway.config.model import BufferConfig, MqttConfig
 from gateway.health import PartHealth
 from gateway.readings import BufferedReading, PointValue, Reading
 from gateway.upstream.forwarder import Forwarder
-from gateway.upstream.json_dialect import GatewayInfo, JsonDialect
+from gateway.upstream.json_dialect import SCHEMA_VERSION, GatewayInfo, JsonDialect
 
 DEVICES = 100
 POINTS = 8  # a small meter's worth: voltages, currents, power, energy
@@ -80,19 +81,20 @@ def workdir() -> Iterator[Path]:
 
 async def ingest_grouped(path: Path, slots: int) -> tuple[float, int, int]:
     """100 devices polled on aligned slots, as the scheduler does: each slot's readings are
-    submitted together and go to disk as a group. Returns seconds, commits, bytes written."""
+    submitted together and go to disk as a group. Returns seconds, commits, bytes written
+    (from opening a new file to closing it: the WAL, its checkpoints into the database file
+    and the last one at close, so every byte a reading costs is counted once it is home)."""
+    before = write_bytes()
     buffer = await Buffer.open(path, 10**12, 1e12, commit_delay=BufferConfig().commit_delay)
     try:
-        before = write_bytes()
         started = time.perf_counter()
         for slot in range(slots):
             at_ms = 1_764_072_000_000 + slot * 10_000
             await asyncio.gather(*(buffer.append(reading(d, at_ms)) for d in range(DEVICES)))
         took = time.perf_counter() - started
-        written = write_bytes() - before
-        return took, buffer.groups_committed, written
     finally:
         await buffer.close()
+    return took, buffer.groups_committed, write_bytes() - before
 
 
 async def submit_waits(path: Path, slots: int, background: bool) -> tuple[list[float], int]:
@@ -123,18 +125,18 @@ async def submit_waits(path: Path, slots: int, background: bool) -> tuple[list[f
 
 def ingest_per_reading(path: Path, slots: int) -> tuple[float, int, int]:
     """The same readings, one commit each (the buffer before group commit)."""
+    before = write_bytes()
     store = ReadingStore(path, 10**12, 1e12)
     try:
-        before = write_bytes()
         started = time.perf_counter()
         for slot in range(slots):
             at_ms = 1_764_072_000_000 + slot * 10_000
             for device in range(DEVICES):
                 store.append(reading(device, at_ms))
         took = time.perf_counter() - started
-        return took, slots * DEVICES, write_bytes() - before
     finally:
         store.close()
+    return took, slots * DEVICES, write_bytes() - before
 
 
 def count_fsyncs(mode: str, slots: int) -> int | None:
@@ -286,11 +288,12 @@ async def drain(path: Path, broker: MosquittoBroker, count: int, replay_rate: fl
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    slots = 20 if args.quick else 100
+    slots = args.slots if args.slots else 20 if args.quick else 100
     size = payload_bytes(reading(0, 1_764_072_000_000))
     print(
         f"ingest: {DEVICES} devices x {slots} aligned slots, {POINTS} points each "
-        f"({size} bytes of JSON payload per reading); WAL, synchronous=FULL"
+        f"({size} bytes of schema-{SCHEMA_VERSION} JSON payload per reading, as JsonDialect "
+        "sends it); WAL, synchronous=FULL; bytes written from open to close"
     )
     with workdir() as work:
         took, commits, written = await ingest_grouped(work / "grouped.db", slots)
@@ -317,6 +320,8 @@ async def main_async(args: argparse.Namespace) -> None:
             f"  {label + ':':19s} {fsyncs:6d} fsyncs for {n} readings "
             f"({fsyncs / n:.3f} per reading; counted by strace, open and close included)"
         )
+    if args.ingest:
+        return
     print(
         f"submit wait: {DEVICES} devices x {slots * 4} slots back to back "
         "(the WAL passes its 1 MiB checkpoint threshold every few dozen groups)"
@@ -341,9 +346,14 @@ async def main_async(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--ingest", action="store_true", help="only the ingest figures (seconds, no broker)"
+    )
+    parser.add_argument(
+        "--slots", type=int, default=0, help="ingest slots of 100 readings (default 100; 20 quick)"
+    )
     # The child process that count_fsyncs runs under strace.
     parser.add_argument("--ingest-only", choices=["grouped", "single"], help=argparse.SUPPRESS)
-    parser.add_argument("--slots", type=int, default=100, help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument(
         "--replay-rate",
@@ -355,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.ingest_only is not None:
         ingest_only(args.ingest_only, args.slots, args.dir)
         return 0
-    if not mosquitto_available():
+    if not args.ingest and not mosquitto_available():
         print("mosquitto is not installed: apt-get install mosquitto (or `make mosquitto`)")
         return 1
     asyncio.run(main_async(args))

@@ -55,7 +55,17 @@ CREATE TABLE IF NOT EXISTS readings (
     device TEXT NOT NULL,
     read_at_ms INTEGER NOT NULL,
     quality TEXT NOT NULL,
+    -- The values alone, a JSON array in the order of the points of the row's layout (a column
+    -- added to older files, see _add_columns), as the wire sends them: a value costs its
+    -- digits, not its point's name and unit again. A row written before layouts has no layout
+    -- and [name, value, unit] triples here; both are read.
     point_values TEXT NOT NULL
+);
+-- A layout: the points of a reading, [[name, unit], ...] in their order, stored once and
+-- numbered; kept in memory by the store, so appending a reading looks nothing up.
+CREATE TABLE IF NOT EXISTS layouts (
+    id INTEGER PRIMARY KEY,
+    points TEXT NOT NULL UNIQUE
 );
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
@@ -96,17 +106,25 @@ _BUSY_TIMEOUT = 0.5
 #: Checkpoint every ~1 MiB of WAL and cut the file back to that, so the WAL of a busy hour does
 #: not keep its high-water size on a small filesystem. (SQLite's automatic checkpoint is used
 #: only by a store on its own; the Buffer checkpoints off the commit path, see _Checkpointer.)
-_WAL_CHECKPOINT_PAGES = 256
+_WAL_CHECKPOINT_PAGES = 1024
 _WAL_SIZE_LIMIT = 1 << 20
 #: A checkpoint that could not copy everything (a reader of an old snapshot, such as `fieldgate
 #: buffer export`) is tried again once the WAL has grown by this much more, not after every group.
 _WAL_RETRY_GROWTH = _WAL_SIZE_LIMIT // 4
 
-#: Incremental vacuum: free pages given back per step (1 MiB of 4 KiB pages: a few ms of work
-#: in a delete's transaction), and the span of waiting sequence numbers under which the
+#: Incremental vacuum: free pages given back per step (256 KiB: a few ms of work in a delete's
+#: transaction), and the span of waiting sequence numbers under which the
 #: backlog counts as drained.
 _VACUUM_STEP_PAGES = 256
 _DRAINED_SPAN = 10_000
+
+#: The database page. Every commit rewrites a few pages besides the rows' own (the last, half
+#: filled leaf, the b-tree's interior page, sqlite_sequence, the header, a pointer map page), a
+#: page each in the WAL and again at the checkpoint: with SQLite's default 4 KiB, that fixed
+#: cost was most of the bytes written per reading. 1 KiB pages still hold a row of ~80 points
+#: without an overflow page (measured, 100 meters of 8 points a group: 442 -> 295 bytes
+#: written per reading, bench/buffer.py --ingest).
+_PAGE_SIZE = 1024
 
 # SQLite's primary result codes (sqlite3.h) that mean the file itself is bad, not the disk.
 _SQLITE_CORRUPT = 11
@@ -114,8 +132,8 @@ _SQLITE_CANTOPEN = 14
 _SQLITE_NOTADB = 26
 
 _INSERT = (
-    "INSERT INTO readings (device, read_at_ms, quality, point_values, boot_id, monotonic_ms) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO readings (device, read_at_ms, quality, layout, point_values, boot_id, "
+    "monotonic_ms) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 
 # Drop selections. Fixed strings, chosen by the code (no input reaches them).
@@ -184,12 +202,17 @@ class ReadingStore:
         self.events_recorded = 0
         #: Free pages given back to the filesystem by incremental vacuum (tests read it).
         self.vacuumed_pages = 0
+        #: The file's layouts, both ways (few: one per set of points a device reports).
+        self._layout_ids: dict[Layout, int] = {}
+        self._layouts: dict[int, Layout] = {}
+        self._bad_layouts: dict[int, str] = {}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 self._db = self._connect()
             except _Damaged as exc:
                 self._db = self._replace(str(exc))
+            self._load_layouts()
         except (sqlite3.Error, OSError) as exc:
             # SQLite says only "unable to open database file"; the technician needs the why.
             hint = "" if os.access(path.parent, os.W_OK) else f" ({path.parent} is not writable)"
@@ -208,9 +231,10 @@ class ReadingStore:
                 raise _Damaged(f"{path} cannot be opened: {exc}{_access_hint(path)}") from exc
             raise
         try:
-            # Only takes effect on a new file (before its first table); an older file is
+            # Only take effect on a new file (before its first table); an older file is
             # converted once below. INCREMENTAL: the file gives back the space of a drained
             # backlog in small steps (see _vacuum_step), never in one long VACUUM.
+            db.execute(f"PRAGMA page_size={_PAGE_SIZE}")
             db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             db.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed reading survives a power cut, not only a crash of the process.
@@ -220,8 +244,8 @@ class ReadingStore:
             db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
             _quick_check(db)
             db.executescript(_SCHEMA)
-            _add_clock_columns(db)
-            _convert_to_incremental_vacuum(db, path)
+            _add_columns(db)
+            _convert_file(db, path)
         except sqlite3.Error as exc:
             db.close()
             if exc.sqlite_errorcode in {_SQLITE_CORRUPT, _SQLITE_NOTADB}:
@@ -290,24 +314,29 @@ class ReadingStore:
     ) -> list[int]:
         """Store ``readings`` and ``events`` in one transaction (one fsync); returns the
         readings' sequence numbers once they are on disk."""
-        rows = [
-            (
-                r.device,
-                r.read_at_ms,
-                str(r.quality),
-                _encode_points(r.values),
-                *(
-                    (r.unsynchronised.boot_id, r.unsynchronised.monotonic_ms)
-                    if r.unsynchronised is not None
-                    else (None, None)
-                ),
-            )
-            for r in readings
-        ]
+        known = self._layout_ids
+        #: Layouts first numbered in this transaction: known only once it commits.
+        fresh: dict[Layout, int] = {}
 
         def insert(db: sqlite3.Connection) -> list[int]:
             seqs = []
-            for row in rows:
+            for r in readings:
+                layout = tuple([(p.name, p.unit) for p in r.values])
+                ident = known.get(layout)
+                if ident is None:
+                    ident = fresh.get(layout)
+                    if ident is None:
+                        ident = fresh[layout] = _add_layout(db, layout)
+                clock = r.unsynchronised
+                row = (
+                    r.device,
+                    r.read_at_ms,
+                    r.quality.value,
+                    ident,
+                    _encode_values(r.values),
+                    None if clock is None else clock.boot_id,
+                    None if clock is None else clock.monotonic_ms,
+                )
                 seq = db.execute(_INSERT, row).lastrowid
                 assert isinstance(seq, int)
                 seqs.append(seq)
@@ -316,8 +345,11 @@ class ReadingStore:
             return seqs
 
         seqs = self._write(insert)
+        for layout, ident in fresh.items():
+            known[layout] = ident
+            self._layouts[ident] = layout
         self.events_recorded += len(events)
-        self._appends_since_check += len(rows)
+        self._appends_since_check += len(readings)
         if self._appends_since_check >= _LIMIT_CHECK_EVERY:
             try:
                 self.enforce_limits(max(r.read_at_ms for r in readings))
@@ -338,21 +370,62 @@ class ReadingStore:
         while len(found) < limit:
             wanted = limit - len(found)
             rows = self._query(
-                "SELECT seq, device, read_at_ms, quality, point_values, boot_id, monotonic_ms "
-                "FROM readings WHERE seq > ? AND seq <= ? "
+                "SELECT seq, device, read_at_ms, quality, layout, point_values, boot_id, "
+                "monotonic_ms FROM readings WHERE seq > ? AND seq <= ? "
                 # Rows held for the clock in this boot wait for restamp(); an earlier boot's go.
                 "AND (boot_id IS NULL OR boot_id != ?) ORDER BY seq LIMIT ?",
                 (after_seq, through, self.boot_id, wanted),
             )
             for row in rows:
                 try:
-                    found.append(_with_clock(_row_to_buffered(row[:5]), row[5], row[6]))
+                    found.append(_with_clock(self._row_to_buffered(row[:6]), row[6], row[7]))
                 except StorageError as exc:
                     self.quarantine(row, str(exc))
             if len(rows) < wanted:
                 break
             after_seq = rows[-1][0]
         return found
+
+    def _row_to_buffered(self, row: tuple[Any, ...]) -> BufferedReading:
+        """Decode one row (seq, device, read_at_ms, quality, layout, point_values). A row
+        that no longer decodes (a damaged file, a row written by another version, a layout
+        that is not in the file) is a StorageError naming its seq, like any other failure of
+        the buffer, so that the reader quarantines it instead of dying on a ValueError."""
+        seq, device, read_at_ms, quality, ident, point_values = row
+        try:
+            _check_types(device, read_at_ms)
+            layout = None if ident is None else self._layout(ident)
+            values = decode_point_values(point_values, layout)
+            return BufferedReading(seq, Reading(device, read_at_ms, values, Quality(quality)))
+        except (ValueError, TypeError) as exc:  # JSONDecodeError and an unknown Quality too
+            raise StorageError(f"buffered reading seq {seq} does not decode: {exc}") from exc
+
+    def _layout(self, ident: object) -> Layout:
+        if type(ident) is not int:
+            raise TypeError(f"layout {ident!r} is not a number")
+        layout = self._layouts.get(ident)
+        if layout is None:
+            # Numbered by another connection since the file was opened (`fieldgate buffer`
+            # only reads, but a technician's own tool might write)?
+            self._load_layouts()
+            layout = self._layouts.get(ident)
+            if layout is None:
+                why = self._bad_layouts.get(ident, "is not in the layouts table")
+                raise ValueError(f"its layout {ident} {why}")
+        return layout
+
+    def _load_layouts(self) -> None:
+        for ident, points in self._query("SELECT id, points FROM layouts", ()):
+            if ident in self._layouts:
+                continue
+            try:
+                layout = parse_layout(points)
+            except (ValueError, TypeError) as exc:
+                # Its rows are quarantined, with this reason, as they are read.
+                self._bad_layouts[ident] = f"does not decode: {exc}"
+                continue
+            self._layouts[ident] = layout
+            self._layout_ids[layout] = ident
 
     def quarantine(self, row: tuple[Any, ...], error: str) -> None:
         """Move an undecodable row to the quarantine table, count it and record a
@@ -377,9 +450,9 @@ class ReadingStore:
 
         def action(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT OR REPLACE INTO quarantine (seq, device, read_at_ms, quality, "
+                "INSERT OR REPLACE INTO quarantine (seq, device, read_at_ms, quality, layout, "
                 "point_values, error, quarantined_at_ms, boot_id, monotonic_ms) SELECT seq, "
-                "device, read_at_ms, quality, point_values, ?, ?, boot_id, monotonic_ms "
+                "device, read_at_ms, quality, layout, point_values, ?, ?, boot_id, monotonic_ms "
                 "FROM readings WHERE seq = ?",
                 (error, now_ms, seq),
             )
@@ -535,16 +608,31 @@ class ReadingStore:
             raise StorageError(f"buffer {self._path}: {exc}") from exc
 
 
-def _convert_to_incremental_vacuum(db: sqlite3.Connection, path: Path) -> None:
-    """A file made before incremental vacuum (auto_vacuum NONE) is converted by one VACUUM, at
-    start, before any poll waits on it. Without the room for the copy (a nearly full disk) it
-    stays as it is, and is tried again at the next start: it works, it only does not shrink."""
-    if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 0:
+def _convert_file(db: sqlite3.Connection, path: Path) -> None:
+    """A file made before incremental vacuum (auto_vacuum NONE) or before 1 KiB pages is
+    converted by one VACUUM, at start, before any poll waits on it; its rows stay as they are
+    (the store reads rows of every format). Without the room for the copy (a nearly full disk),
+    or while another process reads the file, it stays as it is and is tried again at the next
+    start: it works, it only does not shrink, or writes more bytes per reading."""
+    incremental = db.execute("PRAGMA auto_vacuum").fetchone()[0] != 0
+    page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    if incremental and page_size == _PAGE_SIZE:
         return
     try:
+        if page_size != _PAGE_SIZE:
+            # A file in WAL mode keeps its page size through a VACUUM: leave WAL for the copy
+            # (refused, "database is locked", while another connection has the file open).
+            db.execute("PRAGMA journal_mode=DELETE").fetchall()
+            db.execute(f"PRAGMA page_size={_PAGE_SIZE}")
         db.execute("VACUUM")
     except sqlite3.OperationalError as exc:
-        log.warning("the buffer %s could not be converted to shrink after a backlog: %s", path, exc)
+        log.warning(
+            "the buffer %s could not be converted now (tried again at the next start): %s",
+            path,
+            exc,
+        )
+    finally:
+        db.execute("PRAGMA journal_mode=WAL").fetchall()
 
 
 def _vacuum_step(db: sqlite3.Connection) -> int:
@@ -717,17 +805,79 @@ def _nothing() -> None:
     return None
 
 
-def _encode_points(values: Sequence[PointValue]) -> str:
-    return json.dumps([[p.name, p.value, p.unit] for p in values], separators=(",", ":"))
+#: A reading's points as (name, unit), in its order: what a row's layout id stands for.
+Layout = tuple[tuple[str, str | None], ...]
+
+#: The types a point's value may have (exactly: JSON's true is a bool, which is an int).
+_VALUE_TYPES = (int, float, str, type(None))
 
 
-def _add_clock_columns(db: sqlite3.Connection) -> None:
-    """Files from before time-keeping get the columns of held readings (NULL: stamped by a
-    synchronised clock), in the readings and in the quarantine, so a quarantined row keeps the
-    monotonic stamp that dates it; idempotent, so every open runs it."""
+#: Made once: json.dumps with arguments builds an encoder on every call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
+def _encode_values(values: Sequence[PointValue]) -> str:
+    # Exact: Python writes the shortest text of a float that reads back as the same float,
+    # and integers of any size; NaN and infinity as JSON's extension tokens, read back too.
+    return _COMPACT.encode([p.value for p in values])
+
+
+def decode_point_values(point_values: object, layout: Layout | None) -> tuple[PointValue, ...]:
+    """The points of a stored row: its values with the names and units of its layout, or, in
+    a row written before layouts (no layout), its [name, value, unit] triples. ValueError or
+    TypeError when they do not decode."""
+    if not isinstance(point_values, str):
+        raise TypeError(f"point_values {point_values!r} are not text"[:120])
+    if layout is None:
+        return _decode_points(point_values)
+    return _decode_values(point_values, layout)
+
+
+def _decode_values(point_values: str, layout: Layout) -> tuple[PointValue, ...]:
+    values = json.loads(point_values)
+    if type(values) is not list or len(values) != len(layout):
+        raise TypeError(f"not a list of {len(layout)} values: {point_values[:80]!r}")
+    points = []
+    for (name, unit), value in zip(layout, values, strict=True):
+        if type(value) not in _VALUE_TYPES:
+            raise TypeError(f"{value!r} is not a number, text or null"[:120])
+        points.append(PointValue(name, value, unit))
+    return tuple(points)
+
+
+def _add_layout(db: sqlite3.Connection, layout: Layout) -> int:
+    points = _COMPACT.encode(layout)
+    db.execute("INSERT OR IGNORE INTO layouts (points) VALUES (?)", (points,))
+    (ident,) = db.execute("SELECT id FROM layouts WHERE points = ?", (points,)).fetchone()
+    return int(ident)
+
+
+def parse_layout(points: object) -> Layout:
+    """A layout as the layouts table keeps it (see _SCHEMA)."""
+    if not isinstance(points, str):
+        raise TypeError(f"points {points!r} are not text")
+    layout = []
+    for item in json.loads(points):
+        match item:
+            case [str(name), str() | None as unit]:
+                layout.append((name, unit))
+            case _:
+                raise TypeError(f"not a [name, unit] pair: {item!r}"[:120])
+    return tuple(layout)
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    """Older files get the columns added since, in the readings and in the quarantine (so a
+    quarantined row keeps what dates and describes it): the columns of held readings (NULL:
+    stamped by a synchronised clock) and the layout (NULL: a row of [name, value, unit]
+    triples). Adding a column rewrites no row; idempotent, so every open runs it."""
     for table in ("readings", "quarantine"):
         have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-        for column, kind in (("boot_id", "TEXT"), ("monotonic_ms", "INTEGER")):
+        for column, kind in (
+            ("boot_id", "TEXT"),
+            ("monotonic_ms", "INTEGER"),
+            ("layout", "INTEGER"),
+        ):
             if column not in have:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
@@ -745,19 +895,6 @@ def _with_clock(
     return BufferedReading(buffered.seq, reading)
 
 
-def _row_to_buffered(row: tuple[int, str, int, str, str]) -> BufferedReading:
-    """Decode one row. A row that no longer decodes (a damaged file, a row written by another
-    version) is a StorageError naming its seq, like any other failure of the buffer, so that
-    the forwarder quarantines it instead of dying on a ValueError."""
-    seq, device, read_at_ms, quality, point_values = row
-    try:
-        _check_types(device, read_at_ms)
-        values = _decode_points(point_values)
-        return BufferedReading(seq, Reading(device, read_at_ms, values, Quality(quality)))
-    except (ValueError, TypeError) as exc:  # JSONDecodeError and an unknown Quality included
-        raise StorageError(f"buffered reading seq {seq} does not decode: {exc}") from exc
-
-
 def _check_types(device: object, read_at_ms: object) -> None:
     # SQLite keeps whatever type was written: a text time would fail only later, in the dialect.
     if not isinstance(device, str) or not isinstance(read_at_ms, int):
@@ -765,6 +902,7 @@ def _check_types(device: object, read_at_ms: object) -> None:
 
 
 def _decode_points(point_values: str) -> tuple[PointValue, ...]:
+    """A row written before layouts: [name, value, unit] triples."""
     items = json.loads(point_values)
     if not isinstance(items, list):
         raise TypeError(f"point_values is not a list: {point_values[:80]!r}")

@@ -25,7 +25,9 @@ from gateway.upstream.json_dialect import iso_utc_ms
 if TYPE_CHECKING:
     import sqlite_utils
 
+    from gateway.buffer import Layout
     from gateway.config.model import GatewayConfig
+    from gateway.readings import PointValue
 
 EXPORT_FORMATS = ("jsonl", "csv")
 #: sysexits.h EX_IOERR: the export could not be written.
@@ -164,8 +166,10 @@ def export(
     until_ms: int | None,
     devices: Sequence[str],
     output_format: str,
-) -> int:
-    """Write the matching readings, oldest first; returns how many."""
+) -> tuple[int, list[int]]:
+    """Write the matching readings, oldest first; returns how many, and the seqs of the rows
+    left out because they do not decode (a damaged file: the rest is rescued)."""
+
     where = ["1"]
     params: list[Any] = []
     if since_ms is not None:
@@ -181,26 +185,57 @@ def export(
     if writer is not None:
         writer.writerow(["seq", "device", "ts", "quality", "point", "value", "unit"])
     count = 0
+    skipped: list[int] = []
     with open_read_only(path) as db:
+        layouts = _layouts(db)
         for row in db["readings"].rows_where(" AND ".join(where), params, order_by="seq"):
+            try:
+                points = _row_points(row, layouts)
+                ts = iso_utc_ms(row["read_at_ms"])
+            except (ValueError, TypeError, OverflowError):
+                skipped.append(row["seq"])
+                continue
             count += 1
-            points = json.loads(row["point_values"])
-            ts = iso_utc_ms(row["read_at_ms"])
             if writer is not None:
-                for name, value, unit in points:
-                    writer.writerow(
-                        [row["seq"], row["device"], ts, row["quality"], name, value, unit]
-                    )
+                for point in points:
+                    writer.writerow([row["seq"], row["device"], ts, row["quality"], *_cells(point)])
             else:
                 document = {
                     "seq": row["seq"],
                     "device": row["device"],
                     "ts": ts,
                     "quality": row["quality"],
-                    "values": {name: {"value": v, "unit": unit} for name, v, unit in points},
+                    "values": {p.name: {"value": p.value, "unit": p.unit} for p in points},
                 }
                 out.write(json.dumps(document, separators=(",", ":")) + "\n")
-    return count
+    return count, skipped
+
+
+def _row_points(row: dict[str, Any], layouts: dict[int, Layout]) -> tuple[PointValue, ...]:
+    from gateway.buffer import decode_point_values  # noqa: PLC0415 - as sqlite-utils
+
+    # A file from before layouts (moved aside, say) has no layout column: rows of triples.
+    ident = row.get("layout")
+    layout = None if ident is None else layouts.get(ident)
+    if ident is not None and layout is None:
+        raise ValueError(f"layout {ident} is not in the layouts table")
+    return decode_point_values(row["point_values"], layout)
+
+
+def _layouts(db: sqlite_utils.Database) -> dict[int, Layout]:
+    """The file's layouts by id; one that does not decode is left out (its rows with it)."""
+    from gateway.buffer import parse_layout  # noqa: PLC0415 - as sqlite-utils
+
+    layouts: dict[int, Layout] = {}
+    if db["layouts"].exists():
+        for row in db.query("SELECT id, points FROM layouts"):
+            with contextlib.suppress(ValueError, TypeError):
+                layouts[row["id"]] = parse_layout(row["points"])
+    return layouts
+
+
+def _cells(point: PointValue) -> tuple[str, object, str | None]:
+    return point.name, point.value, point.unit
 
 
 def run(args: argparse.Namespace, path: Path) -> int:
@@ -215,7 +250,7 @@ def run(args: argparse.Namespace, path: Path) -> int:
                 if args.output
                 else sys.stdout
             )
-            count = export(
+            count, skipped = export(
                 path,
                 out,
                 since_ms=args.since,
@@ -224,6 +259,13 @@ def run(args: argparse.Namespace, path: Path) -> int:
                 output_format=args.format,
             )
         print(f"{count} reading(s) exported", file=sys.stderr)
+        if skipped:
+            shown = ", ".join(str(seq) for seq in skipped[:20])
+            more = f" and {len(skipped) - 20} more" if len(skipped) > 20 else ""
+            print(
+                f"{len(skipped)} row(s) left out: they do not decode (seq {shown}{more})",
+                file=sys.stderr,
+            )
     except (OSError, sqlite3.Error) as exc:
         print(f"cannot read the buffer {path}: {exc}", file=sys.stderr)
         return EX_IOERR

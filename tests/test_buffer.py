@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import io
+import json
 import os
 import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 
 from gateway.buffer import Buffer, ReadingStore
+from gateway.buffer_report import export
 from gateway.errors import StorageDeferred, StorageError
 from gateway.events import DeviceDrops, DropReason, EventKind
 from gateway.health import PartHealth
@@ -161,7 +166,7 @@ def test_age_drop_is_an_event_naming_the_range_per_device(tmp_path: Path):
 
 
 def test_size_drops_are_events_that_account_for_every_dropped_number(tmp_path: Path):
-    store = ReadingStore(tmp_path / "b.db", max_size=200_000, max_age_s=1e9)
+    store = ReadingStore(tmp_path / "b.db", max_size=100_000, max_age_s=1e9)
     for i in range(5000):
         store.append(reading(f"meter-{i % 3}", i))
     events = [e.event for e in store.events(0, 1000)]
@@ -514,3 +519,155 @@ def test_deleting_acknowledged_readings_removes_exactly_those(tmp_path: Path):
     store.delete(acked)
     left = [r.seq for r in store.oldest(0, 100)]
     assert left == [seq for seq in seqs if seq not in acked]
+
+
+# Rows as the wire sends them: values and a layout id, names and units once per layout.
+
+#: The tables of a file written before layouts (time-keeping's columns included), in its
+#: 4 KiB pages.
+_BEFORE_LAYOUTS = """
+PRAGMA page_size=4096;
+PRAGMA auto_vacuum=INCREMENTAL;
+PRAGMA journal_mode=WAL;
+CREATE TABLE readings (seq INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL,
+    read_at_ms INTEGER NOT NULL, quality TEXT NOT NULL, point_values TEXT NOT NULL,
+    boot_id TEXT, monotonic_ms INTEGER);
+CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);
+CREATE TABLE quarantine (seq INTEGER PRIMARY KEY, device, read_at_ms, quality, point_values,
+    error TEXT NOT NULL, quarantined_at_ms INTEGER NOT NULL, boot_id TEXT, monotonic_ms INTEGER);
+CREATE TABLE dropped (device TEXT NOT NULL, reason TEXT NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (device, reason));
+"""
+
+_EVERY_KIND = (
+    PointValue("energy", 2**63 - 1, "Wh"),
+    PointValue("counter", 2**64 - 1, None),
+    PointValue("voltage", 231.6693878173828, "V"),
+    PointValue("serial", "SN-0042 ✓", None),
+    PointValue("missing", None, "A"),
+)
+
+
+def file_before_layouts(path: Path, readings: list[Reading]) -> None:
+    """A buffer as the code before layouts left it: [name, value, unit] triples in each row,
+    the newest numbers already sent and deleted."""
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.executescript(_BEFORE_LAYOUTS)
+        for r in [*readings, reading("sent", 0)]:
+            triples = [[p.name, p.value, p.unit] for p in r.values]
+            db.execute(
+                "INSERT INTO readings (device, read_at_ms, quality, point_values) "
+                "VALUES (?, ?, ?, ?)",
+                (r.device, r.read_at_ms, str(r.quality), json.dumps(triples)),
+            )
+        db.execute("DELETE FROM readings WHERE device = 'sent'")
+
+
+def test_a_file_from_before_layouts_keeps_every_reading_with_its_number_and_values(
+    tmp_path: Path,
+):
+    path = tmp_path / "b.db"
+    old = [
+        Reading("m1", 1_764_072_000_000, _EVERY_KIND, Quality.PARTIAL),
+        reading("m2", 1_764_072_000_001, 229.9),
+    ]
+    file_before_layouts(path, old)
+    new = Reading("m1", 1_764_072_010_000, _EVERY_KIND, Quality.PARTIAL)
+    for _ in range(2):  # opened again: nothing changes twice
+        store = ReadingStore(path, max_size=10**9, max_age_s=1e9)
+        try:
+            if store.stats().newest_seq == 2:
+                # Numbered after the old file's newest number ever given (3, sent), not reused.
+                assert store.append(new) == 4
+            rows = store.oldest(0, 10)
+        finally:
+            store.close()
+        assert [(r.seq, r.reading) for r in rows] == [(1, old[0]), (2, old[1]), (4, new)]
+        assert [type(p.value) for p in rows[2].reading.values] == [int, int, float, str, type(None)]
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA page_size").fetchone()[0] == 1024  # converted once
+        stored = db.execute(
+            "SELECT seq, layout, point_values FROM readings ORDER BY seq"
+        ).fetchall()
+        (layout,) = db.execute("SELECT points FROM layouts").fetchone()
+    # The new row keeps the values alone, as the wire sends them; names and units once.
+    assert stored[:2] == [(1, None, ANY), (2, None, ANY)]
+    assert stored[2] == (
+        4,
+        1,
+        '[9223372036854775807,18446744073709551615,231.6693878173828,"SN-0042 \\u2713",null]',
+    )
+    assert json.loads(layout) == [
+        ["energy", "Wh"],
+        ["counter", None],
+        ["voltage", "V"],
+        ["serial", None],
+        ["missing", "A"],
+    ]
+
+
+def test_rows_of_the_same_points_share_one_layout_even_across_reopening(tmp_path: Path):
+    path = tmp_path / "b.db"
+    for _ in range(2):
+        store = ReadingStore(path, max_size=10**9, max_age_s=1e9)
+        try:
+            store.append_many([reading(f"m{n}", n, float(n)) for n in range(5)])
+            store.append(Reading("m9", 9, _EVERY_KIND))
+        finally:
+            store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        layouts = db.execute("SELECT count(*) FROM layouts").fetchone()[0]
+        used = db.execute("SELECT layout, count(*) FROM readings GROUP BY layout").fetchall()
+    assert layouts == 2
+    assert used == [(1, 10), (2, 2)]
+
+
+def test_a_layout_numbered_in_a_failed_commit_is_not_used_later(tmp_path: Path):
+    path = tmp_path / "b.db"
+    store = ReadingStore(path, max_size=10**9, max_age_s=1e9)
+    try:
+        # The layout is numbered, then the row fails: the transaction, layout and all, is
+        # rolled back, and the store must not remember the number.
+        unstorable = Reading("m1", None, _EVERY_KIND)  # type: ignore[arg-type]
+        with pytest.raises(StorageError, match="NOT NULL"):
+            store.append(unstorable)
+        store.append(Reading("m1", 2, _EVERY_KIND))
+        (row,) = store.oldest(0, 10)
+    finally:
+        store.close()
+    assert row.reading == Reading("m1", 2, _EVERY_KIND)
+
+
+def test_export_shows_names_units_and_values_of_rows_of_both_formats(tmp_path: Path):
+    path = tmp_path / "b.db"
+    file_before_layouts(path, [reading("m1", 1_764_072_000_000, 229.5)])
+    store = ReadingStore(path, max_size=10**9, max_age_s=1e9)
+    try:
+        store.append(Reading("m1", 1_764_072_010_000, _EVERY_KIND[:3]))
+        store.append(reading("m2", 1_764_072_020_000, 1.25))
+    finally:
+        store.close()
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("UPDATE readings SET layout = 99 WHERE device = 'm2'")  # a damaged row
+    lines = io.StringIO()
+    exported = export(path, lines, since_ms=None, until_ms=None, devices=[], output_format="jsonl")
+    assert exported == (2, [4])
+    first, second = (json.loads(line) for line in lines.getvalue().splitlines())
+    assert (first["seq"], first["values"]) == (1, {"v": {"value": 229.5, "unit": "V"}})
+    assert (second["seq"], second["ts"]) == (3, "2025-11-25T12:00:10.000Z")
+    assert second["values"] == {
+        "energy": {"value": 2**63 - 1, "unit": "Wh"},
+        "counter": {"value": 2**64 - 1, "unit": None},
+        "voltage": {"value": 231.6693878173828, "unit": "V"},
+    }
+    table = io.StringIO()
+    export(path, table, since_ms=None, until_ms=None, devices=["m1"], output_format="csv")
+    rows = list(csv.reader(io.StringIO(table.getvalue())))
+    assert rows == [
+        ["seq", "device", "ts", "quality", "point", "value", "unit"],
+        ["1", "m1", "2025-11-25T12:00:00.000Z", "good", "v", "229.5", "V"],
+        ["3", "m1", "2025-11-25T12:00:10.000Z", "good", "energy", str(2**63 - 1), "Wh"],
+        ["3", "m1", "2025-11-25T12:00:10.000Z", "good", "counter", str(2**64 - 1), ""],
+        ["3", "m1", "2025-11-25T12:00:10.000Z", "good", "voltage", "231.6693878173828", "V"],
+    ]

@@ -245,19 +245,26 @@ async def test_undecodable_rows_are_quarantined_reported_and_the_rest_delivered(
 
 
 @pytest.mark.parametrize(
-    ("column", "value", "complaint"),
+    ("changes", "complaint"),
     [
-        ("point_values", "{not json", "Expecting property name"),
-        ("point_values", '{"v": 1}', "not a list"),
-        ("point_values", '[["v", 1]]', "triple"),
-        ("point_values", '[["v", true, "V"]]', "triple"),
-        ("point_values", '[[1, 2, "V"]]', "triple"),
-        ("quality", "excellent", "'excellent' is not a valid Quality"),
-        ("read_at_ms", "yesterday", "wrong type"),
+        ({"point_values": "{not json"}, "Expecting property name"),
+        ({"point_values": '{"v": 1}'}, "not a list"),
+        ({"point_values": "[1, 2]"}, "not a list of 1 values"),
+        ({"point_values": "[true]"}, "True is not a number, text or null"),
+        ({"point_values": '[["v"]]'}, "is not a number, text or null"),
+        ({"point_values": b"[1.5]"}, "are not text"),
+        ({"layout": 999}, "its layout 999 is not in the layouts table"),
+        ({"layout": "one"}, "layout 'one' is not a number"),
+        # Rows as files written before layouts hold them: [name, value, unit] triples.
+        ({"layout": None, "point_values": '[["v", 1]]'}, "triple"),
+        ({"layout": None, "point_values": '[["v", true, "V"]]'}, "triple"),
+        ({"layout": None, "point_values": '[[1, 2, "V"]]'}, "triple"),
+        ({"quality": "excellent"}, "'excellent' is not a valid Quality"),
+        ({"read_at_ms": "yesterday"}, "wrong type"),
     ],
 )
 def test_a_row_that_does_not_decode_is_quarantined_with_its_reason(
-    tmp_path: Path, column: str, value: str, complaint: str
+    tmp_path: Path, changes: dict[str, object], complaint: str
 ):
     store = ReadingStore(tmp_path / "b.db", max_size=10**9, max_age_s=1e9)
     try:
@@ -265,7 +272,8 @@ def test_a_row_that_does_not_decode_is_quarantined_with_its_reason(
         store.append(Reading("m1", 5, (PointValue("v", None, None),), Quality.PARTIAL))
         store.append(reading(3))
         with contextlib.closing(sqlite3.connect(tmp_path / "b.db", isolation_level=None)) as db:
-            db.execute(f"UPDATE readings SET {column} = ? WHERE seq = 2", (value,))
+            assignments = ", ".join(f"{column} = ?" for column in changes)
+            db.execute(f"UPDATE readings SET {assignments} WHERE seq = 2", (*changes.values(),))
         # The limit is filled from behind the bad row: fewer would mean "no more rows".
         assert [r.seq for r in store.oldest(0, 2)] == [1, 3]
         ((seq, error),) = quarantined_rows(tmp_path / "b.db")
