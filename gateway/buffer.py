@@ -976,6 +976,8 @@ class Buffer:
         #: Group commits done, and readings they held (the bench reads them).
         self.groups_committed = 0
         self.readings_committed = 0
+        #: The newest sequence number this buffer's commits gave (0 before the first).
+        self.newest_given = 0
         self._flusher: asyncio.Task[None] | None = None
         #: The newest committed readings, for the uplink to take without reading them back
         #: (see :meth:`oldest`); every readable row from ``_recent_from`` on is in it.
@@ -1093,6 +1095,14 @@ class Buffer:
         self._pending.append((reading, future))
         self._wake.set()
         return await asyncio.shield(future)
+
+    async def settled(self) -> int:
+        """Once every reading submitted so far is committed (or held in memory: the disk
+        failed): :attr:`newest_given`. On a stop, the pollers' last readings."""
+        pending = [future for _, future in self._pending]
+        if pending:
+            await asyncio.wait(pending)
+        return self.newest_given
 
     async def oldest(
         self, after_seq: int, limit: int, through_seq: int | None = None
@@ -1294,6 +1304,8 @@ class Buffer:
             self._unwritten(writing, group, drops, error)
             return False
         self._remember(seqs, batch)
+        if seqs:
+            self.newest_given = seqs[-1]
         for (_, future), seq in zip(group, seqs[len(writing) :], strict=True):
             if not future.done():
                 future.set_result(seq)

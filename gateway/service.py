@@ -518,6 +518,9 @@ async def _serve(
             notifier.send("STOPPING=1")
         await _stop_tasks(producers, deadline)
         if next_config is None:
+            # The pollers' last readings leave before the goodbye, not at the next start.
+            last = min(_GOODBYE_MAX, deadline.seconds_left() / 2)
+            await _bounded(forwarder.send_last(last), deadline, "the last readings to the broker")
             goodbye = min(_GOODBYE_MAX, deadline.seconds_left() / 2)
             await _bounded(forwarder.say_goodbye(goodbye), deadline, "the goodbye to the broker")
         await _stop_tasks({uplink}, deadline)

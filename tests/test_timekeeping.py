@@ -291,6 +291,36 @@ async def test_held_readings_reach_the_broker_only_restamped(
         VALIDATOR.validate(document)
 
 
+async def test_a_stop_does_not_wait_for_readings_held_for_the_clock(
+    broker: MosquittoBroker, fleet: FleetSubscriber, tmp_path: Path
+) -> None:
+    """Before the goodbye, send_last waits for the broker to take the pollers' last readings;
+    held ones may not go yet, so it must not wait for them (a box without a synchronised
+    clock would stop its whole bound later, every time)."""
+    clock = ManualClock(1000.0, synced=False)
+    path = tmp_path / "b.db"
+    buffer = await Buffer.open(path, 10**9, 1e9, boot_id=BOOT)
+    forwarder = Forwarder(
+        MqttConfig(host=broker.host, port=broker.port, keepalive=5, reconnect_max=0.5),
+        wire_dialect("fieldgate", "gw-t"),
+        buffer,
+        SystemClock(),
+        PartHealth("the uplink", "readings stay buffered"),
+        PartHealth("the buffer", "readings are not sent"),
+        gateway_id="gw-t",
+    )
+    try:
+        async with running(forwarder):
+            await buffer.append(Reading("m2", 8, (PointValue("v", 0.0, "V"),)))
+            await eventually(lambda: [d["seq"] for d in fleet.readings()] == [1])
+            await submit_unsynchronised(Sink(buffer, HealthRegistry(), clock), clock, 3)
+            async with asyncio.timeout(30):  # far below its own bound
+                await forwarder.send_last(600)
+    finally:
+        await buffer.close()
+    assert rows_waiting(path) == 3  # held, for the next synchronised start
+
+
 # Steps of the wall clock, under the scheduler.
 
 

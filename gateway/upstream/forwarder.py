@@ -138,6 +138,12 @@ class Forwarder:
         self._commands_refused: str | None = None
         self._discovery = discovery
         self._discovery_unsaved: str | None = None
+        #: The pump's progress, for send_last: every live reading through this number that
+        #: may go was published (held ones may not: see Buffer.oldest); what is in flight;
+        #: an event set after each collection of acknowledgements.
+        self._live_read_through = 0
+        self._inflight: dict[int, int | BufferedEvent] = {}
+        self._progress = asyncio.Event()
 
     @property
     def where(self) -> str:
@@ -153,6 +159,27 @@ class Forwarder:
         except asyncio.CancelledError:
             await self._delete_acked_once()
             raise
+
+    async def send_last(self, timeout: float) -> None:
+        """On a stop, once the pollers have stopped: wait, at most ``timeout`` seconds, until
+        their last readings are committed and the broker acknowledged every live reading up to
+        them, so that these leave before the goodbye instead of waiting for the next start.
+        Returns at once without a connection; what is not acknowledged in time (a backlog
+        behind the live readings, too) stays in the buffer, as always."""
+        if self._session is None:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                newest = await self._buffer.settled()
+                while self._session is not None:
+                    self._progress.clear()  # before the check: no wake-up falls in between
+                    if self._live_read_through >= newest and not any(
+                        isinstance(sent, int) and sent <= newest for sent in self._inflight.values()
+                    ):
+                        return
+                    await self._progress.wait()
+        except TimeoutError:
+            log.debug("the last readings were not all acknowledged before the stop's goodbye")
 
     async def say_goodbye(self, timeout: float) -> None:
         """Publish the dialect's goodbye and wait for its PUBACK, at most ``timeout`` seconds
@@ -247,6 +274,7 @@ class Forwarder:
         await self._delete_acked_events()
         # message id -> a reading's sequence number, or the event it carries
         inflight: dict[int, int | BufferedEvent] = {}
+        self._inflight = inflight  # for send_last
         commands = (
             asyncio.create_task(self._serve_commands(session, handler), name="commands")
             if handler is not None
@@ -275,7 +303,7 @@ class Forwarder:
                 inflight[self._publish(session, self._dialect.event(event))] = event
         backlog_through = await self._storage("read", self._buffer.newest_seq)
         backlog_after = 0
-        live_after = backlog_through
+        live_after = self._live_read_through = backlog_through
         events_after = 0
         look_for_events = True
         pace = Pace(self._replay_rate, self._config.max_inflight, self._clock.monotonic())
@@ -289,6 +317,7 @@ class Forwarder:
                 backlog_after, backlog_through = 0, max(backlog_through, live_after)
             # Acknowledgements first: each one is room for another message.
             self._collect_acks(session, inflight)
+            self._progress.set()
             room = self._config.max_inflight - len(inflight)
             sent = 0
             if room > 0 and (self._buffer.take_event_check() or look_for_events):
@@ -303,12 +332,15 @@ class Forwarder:
                 room -= len(events)
                 sent += len(events)
             if room > 0:
+                known = self._buffer.newest_given
                 live = await self._oldest(live_after, room)
                 for buffered in live:
                     await self._describe(session, buffered)
                     message = self._dialect.reading(buffered)
                     inflight[self._publish(session, message)] = buffered.seq
                     live_after = buffered.seq
+                if len(live) < room:  # all there was: through `known`, nothing is left to read
+                    self._live_read_through = max(live_after, known)
                 room -= len(live)
                 sent += len(live)
             if room > 0 and backlog_after < backlog_through:
