@@ -246,16 +246,9 @@ def test_a_file_from_before_timekeeping_is_migrated_at_open(tmp_path: Path) -> N
         assert old == BufferedReading(1, expected)
 
 
-async def test_held_readings_reach_the_broker_only_restamped(
-    broker: MosquittoBroker, fleet: FleetSubscriber, tmp_path: Path
-) -> None:
-    """The forwarder passes held rows by, and reads them again once they are restamped."""
-    clock = ManualClock(1000.0, synced=False)
-    path = tmp_path / "b.db"
-    buffer = await Buffer.open(path, 10**9, 1e9, boot_id=BOOT)
-    config = MqttConfig(host=broker.host, port=broker.port, keepalive=5, reconnect_max=0.5)
-    forwarder = Forwarder(
-        config,
+def forwarder_to(broker: MosquittoBroker, buffer: Buffer) -> Forwarder:
+    return Forwarder(
+        MqttConfig(host=broker.host, port=broker.port, keepalive=5, reconnect_max=0.5),
         wire_dialect("fieldgate", "gw-t"),
         buffer,
         SystemClock(),
@@ -263,6 +256,16 @@ async def test_held_readings_reach_the_broker_only_restamped(
         PartHealth("the buffer", "readings are not sent"),
         gateway_id="gw-t",
     )
+
+
+async def test_held_readings_reach_the_broker_only_restamped(
+    broker: MosquittoBroker, fleet: FleetSubscriber, tmp_path: Path
+) -> None:
+    """The forwarder passes held rows by, and reads them again once they are restamped."""
+    clock = ManualClock(1000.0, synced=False)
+    path = tmp_path / "b.db"
+    buffer = await Buffer.open(path, 10**9, 1e9, boot_id=BOOT)
+    forwarder = forwarder_to(broker, buffer)
     try:
         async with running(forwarder):
             sink = Sink(buffer, HealthRegistry(), clock)
@@ -300,15 +303,7 @@ async def test_a_stop_does_not_wait_for_readings_held_for_the_clock(
     clock = ManualClock(1000.0, synced=False)
     path = tmp_path / "b.db"
     buffer = await Buffer.open(path, 10**9, 1e9, boot_id=BOOT)
-    forwarder = Forwarder(
-        MqttConfig(host=broker.host, port=broker.port, keepalive=5, reconnect_max=0.5),
-        wire_dialect("fieldgate", "gw-t"),
-        buffer,
-        SystemClock(),
-        PartHealth("the uplink", "readings stay buffered"),
-        PartHealth("the buffer", "readings are not sent"),
-        gateway_id="gw-t",
-    )
+    forwarder = forwarder_to(broker, buffer)
     try:
         async with running(forwarder):
             await buffer.append(Reading("m2", 8, (PointValue("v", 0.0, "V"),)))
