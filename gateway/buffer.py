@@ -1208,6 +1208,13 @@ class Buffer:
         self._volatile.clear()
         return stored + volatile
 
+    def take_held_events(self) -> list[BufferedEvent]:
+        """The events held in memory alone (taken, as by :meth:`events`): they need no disk,
+        so they can go while the file refuses every write."""
+        held = [BufferedEvent(None, event) for event in self._volatile]
+        self._volatile.clear()
+        return held
+
     def give_back(self, events: Iterable[GatewayEvent]) -> None:
         """Memory events taken with :meth:`events` and not acknowledged, to be sent again."""
         self._volatile.extendleft(reversed(list(events)))

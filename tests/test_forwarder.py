@@ -20,6 +20,7 @@ from fieldgate_sim.mosquitto import MosquittoBroker
 from gateway.buffer import Buffer, BufferStats, ReadingStore
 from gateway.clock import SystemClock
 from gateway.config.model import MqttConfig
+from gateway.errors import StorageDeferred
 from gateway.events import EventKind
 from gateway.health import PartHealth
 from gateway.readings import PointValue, Quality, Reading
@@ -185,6 +186,32 @@ async def test_locked_buffer_is_reported_once_and_nothing_is_lost(
     assert seqs_received(fleet) == list(range(1, 121))
     assert records(caplog, "the buffer failed") == 1
     assert records(caplog, "the buffer works again") == 1
+
+
+async def test_a_failing_disk_is_reported_upstream_while_deletes_wait_for_it(
+    parts: Parts, fleet: FleetSubscriber
+):
+    await parts.append(1, 20)
+    with held_write_lock(parts.path):
+        async with running(parts.forwarder):
+            # The first window goes out; its delete fails and is retried, and no reading goes
+            # until it succeeds (what waits in memory stays bounded)...
+            await eventually(lambda: len(seqs_received(fleet)) > 0)
+            await eventually(lambda: parts.storage.failures >= 1)
+            with pytest.raises(StorageDeferred):
+                await parts.buffer.append(reading(21))
+            # ...but the buffer's condition is held in memory, needs no disk, and goes.
+            await eventually(
+                lambda: (
+                    "buffer_failing"
+                    in [json.loads(m.payload)["event"] for m in fleet.messages(is_event)]
+                )
+            )
+            assert rows_waiting(parts.path) == 20
+
+
+def is_event(topic: str) -> bool:
+    return topic == "fieldgate/gw-f/events"
 
 
 def insert_broken(path: Path, device: str, quality: str, point_values: str) -> int:

@@ -361,7 +361,7 @@ class Forwarder:
                     backlog_after = backlog_through  # the rest of the backlog is gone (limits)
                 sent += len(backlog)
             if self._acked and (len(self._acked) >= _DELETE_BATCH or not sent):
-                await self._delete_acked()
+                await self._delete_acked(partial(self._publish_held_events, session, inflight))
             if self._acked_events:
                 await self._delete_acked_events()
             if sent:
@@ -491,14 +491,14 @@ class Forwarder:
         await self._storage("delete", partial(self._buffer.delete_events, acked))
         del self._acked_events[: len(acked)]
 
-    async def _delete_acked(self) -> None:
-        """Delete what the broker acknowledged, retrying until the buffer takes it. Nothing new
+    async def _delete_acked(self, meanwhile: Callable[[], None] | None = None) -> None:
+        """Delete what the broker acknowledged, retrying until the buffer takes it. No reading
         is published meanwhile, so however long the buffer fails, what waits in memory stays
-        below a delete batch plus a window."""
+        below a delete batch plus a window; ``meanwhile`` runs between tries."""
         if not self._acked:
             return
         acked = list(self._acked)
-        await self._storage("delete", partial(self._buffer.delete, acked))
+        await self._storage("delete", partial(self._buffer.delete, acked), meanwhile)
         del self._acked[: len(acked)]
         if self._fault is not None:
             log.info("the forwarder delivers again after %s", self._fault)
@@ -516,11 +516,32 @@ class Forwarder:
         else:
             self._acked.clear()
 
-    async def _storage(self, what: str, operation: Callable[[], Awaitable[_T]]) -> _T:
+    def _publish_held_events(
+        self, session: MqttSession, inflight: dict[int, int | BufferedEvent]
+    ) -> None:
+        """While deletes wait for the disk: the buffer's conditions held in memory (a full
+        disk, say) need no disk, so they still go, and the fleet learns why nothing else
+        does. Their acknowledgements are collected as usual once the pump goes on."""
+        held = self._buffer.take_held_events()
+        for index, event in enumerate(held):
+            try:
+                inflight[self._publish(session, self._dialect.event(event))] = event
+            except UplinkError:
+                # The session ended: these go with the next (the pump's ending gives back
+                # those already in flight).
+                self._buffer.give_back(unsent.event for unsent in held[index:])
+                raise
+
+    async def _storage(
+        self,
+        what: str,
+        operation: Callable[[], Awaitable[_T]],
+        meanwhile: Callable[[], None] | None = None,
+    ) -> _T:
         """Run a buffer operation until it succeeds. A failure is reported through the
         buffer's health (logged once per outage) and retried with backoff; the session stays
         up meanwhile (paho keeps it alive from the event loop, and acknowledgements wait in
-        it)."""
+        it); ``meanwhile`` runs after each failure."""
         while True:
             try:
                 result = await operation()
@@ -536,4 +557,6 @@ class Forwarder:
                 self._storage_backoff.succeeded()
                 self._buffer_health.recovered()
                 return result
+            if meanwhile is not None:
+                meanwhile()
             await self._clock.sleep(self._storage_backoff.failed(self._clock.monotonic()))
