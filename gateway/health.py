@@ -8,6 +8,7 @@ it, and whatever reports health (the CLI, metrics, systemd's ``STATUS=`` and wat
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -170,8 +171,8 @@ class LatencyHistogram:
     count: int = 0
 
     def observe(self, seconds: float) -> None:
-        index = next((i for i, bound in enumerate(self.bounds) if seconds <= bound), -1)
-        self.counts[index] += 1
+        # The first bound at least ``seconds``; past the last one, the overflow count.
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
         self.total += seconds
         self.count += 1
 

@@ -203,12 +203,13 @@ def test_birth_says_who_and_what_and_the_status_messages_are_retained_qos1():
         validator("status").validate(json.loads(message.payload))
 
 
-def test_non_finite_values_are_refused_not_sent():
+def test_non_finite_values_never_become_invalid_json():
     # reading_from_values makes NaN null before a reading is stored; a NaN that got past it is
-    # a bug, and must not become invalid JSON on the wire.
-    buffered = BufferedReading(1, Reading("m1", 0, (PointValue("v", float("nan"), "V"),)))
-    with pytest.raises(ValueError, match="JSON"):
-        dialect.reading(buffered)
+    # a bug, and must not become invalid JSON on the wire: it is sent as null.
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        buffered = BufferedReading(1, Reading("m1", 0, (PointValue("v", bad, "V"),)))
+        payload = dialect.reading(buffered).payload
+        assert json.loads(payload, parse_constant=pytest.fail)["values"] == [None]
 
 
 @pytest.mark.parametrize(

@@ -418,3 +418,30 @@ def test_values_the_registers_cannot_hold_are_refused():
     assert encode_point(coil, 1) == [True]
     with pytest.raises(NotEncodable, match="write 0 or 1"):
         encode_point(coil, 2)
+
+
+@given(
+    points=st.lists(register_points(), min_size=1, max_size=6),
+    gaps=st.lists(st.integers(0, 3), min_size=6, max_size=6),
+    data=st.data(),
+)
+def test_a_block_decodes_as_its_points_one_by_one(
+    points: list[ModbusPoint], gaps: list[int], data: st.DataObject
+):
+    # The planner puts several points (with gaps between them, or the same registers read as
+    # two points) in one request; the block's one unpack must give what each point alone gives.
+    placed: list[ModbusPoint] = []
+    end = 0
+    for index, (point, gap) in enumerate(zip(points, gaps, strict=False)):
+        overlap = placed and data.draw(st.booleans())
+        address = placed[-1].address if overlap else end + gap
+        placed.append(point.model_copy(update={"name": f"p{index}", "address": address}))
+        end = max(end, address + point.register_count)
+    registers = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=end, max_size=end))
+    answer = struct.pack(f">{end}H", *registers)
+    got = BlockDecoder(0, placed).values(answer)
+    for point, value in zip(placed, got, strict=True):
+        expected = decode_point(point, registers[point.address :])
+        assert type(value) is type(expected)
+        both_nan = isinstance(value, float) and math.isnan(value) and math.isnan(float(expected))
+        assert value == expected or both_nan

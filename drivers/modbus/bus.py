@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -180,15 +180,18 @@ class ModbusBus:
         async with self._lock:
             self._check_breaker(slave, config.unit_id)
             probing = slave.backoff.failures > 0
-            decoded: dict[str, int | float | str | None] = {}
+            # In the device's point order; a point not read stays None.
+            values: list[int | float | str | None] = [None] * len(device.names)
+            answered = False
             missing: dict[str, str] = dict(device.refused)
             clean = True
-            for request, pdu, decoder in device.planned:
+            for request, pdu, decoder, positions in device.planned:
                 try:
                     data = await self.transact(slave, config.unit_id, pdu, retry=not probing)
                 except ModbusExceptionError as exc:
                     if exc.code == _ILLEGAL_ADDRESS:
-                        await self._split_refused(device, slave, request, decoded, missing)
+                        split = await self._split_refused(device, slave, request, values, missing)
+                        answered = answered or split
                     else:
                         missing.update((p.name, str(exc)) for p in request.points)
                     continue
@@ -197,28 +200,31 @@ class ModbusBus:
                     missing.update((p.name, str(exc)) for p in request.points)
                     clean = False
                     continue
-                decoded.update(decoder(data) if decoder else _decode_block(request, data))
+                block = decoder.values(data) if decoder else _decode_block(request, data).values()
+                for position, value in zip(positions, block, strict=True):
+                    values[position] = value
+                answered = True
             slave.backoff.succeeded()
             if clean:
                 slave.in_malformed_episode = False
-        values = [PointValue(name, decoded.get(name), unit) for name, unit in device.layout]
-        if not decoded and missing:
+        if not answered and missing:
             raise DeviceProtocolError(
                 f"unit {config.unit_id} on {self.describe}: no point could be read: "
                 + "; ".join(f"{name}: {why}" for name, why in sorted(missing.items()))
             )
-        return values, missing
+        return list(map(PointValue, device.names, values, device.units)), missing
 
     async def _split_refused(
         self,
         device: ModbusPolledDevice,
         slave: SlaveState,
         request: ReadRequest,
-        decoded: dict[str, int | float | str | None],
+        values: list[int | float | str | None],
         missing: dict[str, str],
-    ) -> None:
+    ) -> bool:
         """The device refused a block: read its points one by one, remember those it refuses
-        (not asked again for ASK_REFUSED_AGAIN_AFTER) and keep the rest."""
+        (not asked again for ASK_REFUSED_AGAIN_AFTER) and keep the rest (in ``values``, at
+        their place in the device's point order). Whether any point answered."""
         unit = device.config.unit_id
         answered = False
         for point in request.points:
@@ -236,7 +242,7 @@ class ModbusBus:
                     missing[point.name] = str(exc)
                     continue
                 else:
-                    decoded.update(_decode_block(single, data))
+                    values[device.position[point.name]] = _decode_block(single, data)[point.name]
                     answered = True
                     continue
             last = point.address + point.register_count - 1
@@ -250,6 +256,7 @@ class ModbusBus:
             # Its points answer one by one: what the meter refused was the unused registers
             # the block read across. Read this device without gaps from now on.
             device.forbid_gaps()
+        return answered
 
     def _check_breaker(self, slave: SlaveState, unit: int) -> None:
         now = self._clock.monotonic()
@@ -348,11 +355,14 @@ def _read_pdu(request: ReadRequest) -> Request:
     return read_request(FUNCTION_CODE_OF[request.register_type], request.address, request.count)
 
 
-def _with_decoders(
-    requests: Sequence[ReadRequest],
-) -> list[tuple[ReadRequest, Request, BlockDecoder | None]]:
-    """Each planned read with its request PDU and the decoder of its answer (None for bit
-    tables), built once per plan rather than on every poll."""
+#: A planned read: the request, its PDU, the decoder of its answer (None for bit tables) and
+#: where its points go in the device's point order.
+Planned = tuple[ReadRequest, Request, BlockDecoder | None, tuple[int, ...]]
+
+
+def _with_decoders(requests: Sequence[ReadRequest], position: Mapping[str, int]) -> list[Planned]:
+    """Each planned read with what a poll needs to send it and place its values, built once
+    per plan rather than on every poll."""
     return [
         (
             request,
@@ -360,6 +370,7 @@ def _with_decoders(
             None
             if request.register_type in {RegisterType.COIL, RegisterType.DISCRETE_INPUT}
             else BlockDecoder(request.address, request.points),
+            tuple(position[point.name] for point in request.points),
         )
         for request in requests
     ]
@@ -376,17 +387,20 @@ class ModbusPolledDevice:
         #: When (monotonic) the meter first refused a point since they were last asked again.
         self._refused_since: float | None = None
         self._gaps_allowed = True
-        #: Name and unit of each point, in the config's order (the reading's order).
-        self.layout = tuple((point.name, point.unit) for point in config.points)
+        #: Names and units of the points in the config's order (the reading's order), and
+        #: where each name is in it.
+        self.names = tuple(point.name for point in config.points)
+        self.units = tuple(point.unit for point in config.points)
+        self.position = {name: index for index, name in enumerate(self.names)}
         self._requests: list[ReadRequest] = []
-        self.planned: list[tuple[ReadRequest, Request, BlockDecoder | None]] = []
+        self.planned: list[Planned] = []
         self._replan()
         #: Why each missing value of the last reading is missing (``fieldgate read`` shows it).
         self.last_missing: dict[str, str] = {}
 
     def _replan(self) -> None:
         self._requests = self._plan()
-        self.planned = _with_decoders(self._requests)
+        self.planned = _with_decoders(self._requests, self.position)
 
     def _plan(self) -> list[ReadRequest]:
         wanted = [p for p in self.config.points if p.name not in self.refused]

@@ -10,10 +10,12 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable, Mapping, Sequence
+from math import isfinite
 
 from drivers.modbus.config import REGISTER_COUNT, ByteOrder, ModbusPoint, ValueType, WordOrder
 
 _F32 = struct.Struct(">f")
+_pack_f32 = _F32.pack
 
 _STRUCT_FORMAT: dict[ValueType, str] = {
     ValueType.U16: ">H",
@@ -63,23 +65,33 @@ _FLOAT32_SMALLEST_NORMAL = 2.0**-126
 
 def shortest_float32(value: float) -> float:
     """The float with the fewest significant digits that is the same float32 as ``value``."""
-    if not math.isfinite(value) or value == 0.0:
+    if value == 0.0 or not isfinite(value):
         return value
-    target = _F32.pack(value)
-    if abs(value) >= _FLOAT32_SMALLEST_NORMAL:
+    if abs(value) < _FLOAT32_SMALLEST_NORMAL:
+        return _shortest_subnormal(value)
+    # Every value of every poll comes through here: the round trips are written out rather
+    # than calls (OverflowError: a value rounded past the largest float32 does not round-trip).
+    target = _pack_f32(value)
+    try:
         # A normal float32 lies within 2**-24 (relative) of its shortest decimal, and a
         # decimal of six or fewer digits is 5e-7 (relative) from the next rounding boundary of
         # six digits: when any decimal of up to six digits round-trips, it is the one that
         # `.6g` writes. So two or three tries instead of up to nine (meter values mostly need
         # seven or eight digits).
         seven = float(f"{value:.7g}")
-        if _round_trips(seven, target):
+        if _pack_f32(seven) == target:
             six = float(f"{value:.6g}")
-            return six if _round_trips(six, target) else seven
+            return six if _pack_f32(six) == target else seven
         eight = float(f"{value:.8g}")
-        if _round_trips(eight, target):
+        if _pack_f32(eight) == target:
             return eight
-        return float(f"{value:.9g}")  # nine digits always round-trip a float32
+    except OverflowError:
+        pass
+    return float(f"{value:.9g}")  # nine digits always round-trip a float32
+
+
+def _shortest_subnormal(value: float) -> float:
+    target = _pack_f32(value)
     for digits in range(1, 10):
         candidate = float(f"{value:.{digits}g}")
         if _round_trips(candidate, target):
@@ -203,18 +215,88 @@ def register_decoder(point: ModbusPoint) -> PointDecoder:
 
 
 class BlockDecoder:
-    """Decodes the answer to one planned read of a register table: every point's name and
-    value, in the request's point order."""
+    """Decodes the answer to one planned read of a register table: every point's value, in the
+    request's point order.
 
-    __slots__ = ("_points",)
+    The usual block (points one after another, each most significant word and byte first, no
+    bit) is unpacked by one ``struct`` call for the whole answer, then each raw number is
+    finished (float32 to its shortest decimal, scaling) by a function chosen once per point;
+    any other block is decoded point by point, which gives the same values."""
+
+    __slots__ = ("_finish", "_names", "_point_decoders", "_raw_is_value", "_same_finish", "_unpack")
 
     def __init__(self, address: int, points: Sequence[ModbusPoint]) -> None:
-        self._points = tuple(
-            (point.name, 2 * (point.address - address), register_decoder(point)) for point in points
-        )
+        self._names = tuple(point.name for point in points)
+        offsets = [2 * (point.address - address) for point in points]
+        self._unpack: Callable[[bytes], tuple[int | float, ...]] | None = None
+        self._finish: tuple[Callable[[int | float], int | float] | None, ...] = ()
+        self._same_finish: Callable[[int | float], int | float] | None = None
+        self._raw_is_value = False
+        self._point_decoders: tuple[tuple[int, PointDecoder], ...] = ()
+        layout = _block_layout(points, offsets)
+        if layout is None:
+            self._point_decoders = tuple(
+                (at, register_decoder(point)) for point, at in zip(points, offsets, strict=True)
+            )
+            return
+        self._unpack = struct.Struct(layout).unpack_from
+        self._finish = tuple(_finisher(point) for point in points)
+        if len(set(self._finish)) == 1:
+            self._same_finish = self._finish[0]
+            self._raw_is_value = self._same_finish is None
+
+    def values(self, data: bytes) -> list[int | float | str]:
+        """Each point's value, in the request's point order."""
+        if self._unpack is None:
+            return [decode(data, at) for at, decode in self._point_decoders]
+        raw = self._unpack(data)
+        finish = self._same_finish
+        if finish is not None:
+            return list(map(finish, raw))
+        if self._raw_is_value:
+            return list(raw)
+        return [
+            value if step is None else step(value)
+            for step, value in zip(self._finish, raw, strict=True)
+        ]
 
     def __call__(self, data: bytes) -> list[tuple[str, int | float | str]]:
-        return [(name, decode(data, at)) for name, at, decode in self._points]
+        return list(zip(self._names, self.values(data), strict=True))
+
+
+def _block_layout(points: Sequence[ModbusPoint], offsets: Sequence[int]) -> str | None:
+    """One ``struct`` format for the whole block (pad bytes over the gaps), or ``None`` when a
+    point is not in the usual layout or overlaps the one before it."""
+    layout = [">"]
+    at = 0
+    for point, offset in zip(points, offsets, strict=True):
+        fmt = _STRUCT_FORMAT.get(point.type)
+        usual = (
+            point.word_order is WordOrder.BIG
+            and point.byte_order is ByteOrder.BIG
+            and point.bit is None
+        )
+        if fmt is None or not usual or offset < at:
+            return None
+        if offset > at:
+            layout.append(f"{offset - at}x")
+        layout.append(fmt[1])
+        at = offset + struct.calcsize(fmt)
+    return "".join(layout)
+
+
+def _finisher(point: ModbusPoint) -> Callable[[int | float], int | float] | None:
+    """What turns the raw number of a point in the usual layout into its value (``None``: it
+    is its value). Shared by points alike, so a block of float32s is finished by one ``map``."""
+    scale, offset = point.scale, point.offset
+    unscaled = scale == 1.0 and offset == 0.0
+    if point.type is ValueType.F32:
+        if unscaled:
+            return shortest_float32
+        return lambda raw: scale_value(shortest_float32(raw), scale, offset)
+    if unscaled:
+        return None
+    return lambda raw: scale_value(raw, scale, offset)
 
 
 class NotEncodable(ValueError):
