@@ -1094,7 +1094,10 @@ class Buffer:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((reading, future))
         self._wake.set()
-        return await asyncio.shield(future)
+        # Not shielded (a shield costs a future and a loop step per reading): a submitter
+        # cancelled meanwhile cancels only its future; the reading stays in the group, and the
+        # writer skips futures already done.
+        return await future
 
     async def settled(self) -> int:
         """Once every reading submitted so far is committed (or held in memory: the disk

@@ -433,7 +433,7 @@ def test_a_block_decodes_as_its_points_one_by_one(
     placed: list[ModbusPoint] = []
     end = 0
     for index, (point, gap) in enumerate(zip(points, gaps, strict=False)):
-        overlap = placed and data.draw(st.booleans())
+        overlap = data.draw(st.booleans()) if placed else False
         address = placed[-1].address if overlap else end + gap
         placed.append(point.model_copy(update={"name": f"p{index}", "address": address}))
         end = max(end, address + point.register_count)

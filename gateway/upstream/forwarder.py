@@ -335,7 +335,8 @@ class Forwarder:
                 known = self._buffer.newest_given
                 live = await self._oldest(live_after, room)
                 for buffered in live:
-                    await self._describe(session, buffered)
+                    if (description := self._dialect.description(buffered)) is not None:
+                        await self._describe(session, buffered, description)
                     message = self._dialect.reading(buffered)
                     inflight[self._publish(session, message)] = buffered.seq
                     live_after = buffered.seq
@@ -354,7 +355,8 @@ class Forwarder:
                     backlog_after = buffered.seq
                     if buffered.seq in on_the_way:
                         continue  # read again after a restamp; already sent
-                    await self._describe(session, buffered)
+                    if (description := self._dialect.description(buffered)) is not None:
+                        await self._describe(session, buffered, description)
                     message = self._dialect.reading(buffered, historical=True)
                     inflight[self._publish(session, message)] = buffered.seq
                 if allowed and len(backlog) < allowed:
@@ -425,13 +427,13 @@ class Forwarder:
             )
         return rows
 
-    async def _describe(self, session: MqttSession, buffered: BufferedReading) -> None:
-        """The device's retained description goes before a reading that needs it (with its
-        Home Assistant sensors, when discovery is on). Not tracked like a reading: a session
-        that ends before its PUBACK sends it again after the next birth."""
-        description = self._dialect.description(buffered)
-        if description is None:
-            return
+    async def _describe(
+        self, session: MqttSession, buffered: BufferedReading, description: OutgoingMessage
+    ) -> None:
+        """The device's retained description (the dialect's, when this session has not sent
+        it yet) goes before a reading that needs it, with its Home Assistant sensors when
+        discovery is on. Not tracked like a reading: a session that ends before its PUBACK
+        sends it again after the next birth."""
         self._publish(session, description)
         if self._discovery is not None:
             for message in self._discovery.announce(buffered):
