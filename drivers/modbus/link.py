@@ -88,8 +88,14 @@ class _Wire(asyncio.Protocol):
         self.closed: str | None = None
         self.last_rx = 0.0
         self.loop = asyncio.get_running_loop()
-        #: The transaction waiting for bytes or the end of the connection, if one is.
+        #: The transaction waiting for bytes or the end of the connection, if one is, and
+        #: until when (loop time) it waits.
         self._waiter: asyncio.Future[None] | None = None
+        self._deadline = 0.0
+        #: The one timer of this connection, and when it fires: at or before the deadline of
+        #: the wait in progress (see changed()).
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -108,20 +114,42 @@ class _Wire(asyncio.Protocol):
         if self.closed is None:
             self.closed = f"connection lost ({exc})" if exc else "the connection was closed"
         self._wake()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def changed(self, deadline: float) -> None:
         """Return once bytes arrive or the connection ends, or at ``deadline`` (loop time).
-        One future and one timer a wait, made on the loop this wire belongs to: a poll of a
-        meter waits here once per request, so asyncio.timeout and an Event (which look the
-        running loop up again, a getpid() system call each time) cost too much here."""
+        One future a wait, made on the loop this wire belongs to: a poll of a meter waits here
+        once per request, so asyncio.timeout and an Event (which look the running loop up
+        again, a getpid() system call each time) cost too much here. The timer outlives the
+        wait: one armed for an earlier deadline is kept (when it fires, it is armed again for
+        the wait then in progress), so a poll's requests, whose answers come long before the
+        timeout, cost no timer each (a timer made and cancelled is a heap push and pop)."""
         waiter = self.loop.create_future()
         self._waiter = waiter
-        timer = self.loop.call_at(deadline, _wake, waiter)
+        self._deadline = deadline
+        if self._timer is None or self._timer_at > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._on_timer)
         try:
             await waiter
         finally:
-            timer.cancel()
             self._waiter = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # no wait in progress: the next one arms its own
+        if self._deadline > self._timer_at:
+            # Armed for an earlier wait; this one ends later.
+            self._timer_at = self._deadline
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+            return
+        waiter.set_result(None)
 
     def _wake(self) -> None:
         if self._waiter is not None:
