@@ -199,8 +199,12 @@ def rtu_frame(unit: int, pdu: bytes) -> bytes:
     return body + crc16(body)
 
 
+#: The MBAP header: transaction id, protocol id (0), length of what follows, unit id.
+_MBAP_HEADER = struct.Struct(">HHHB")
+
+
 def mbap_frame(transaction_id: int, unit: int, pdu: bytes) -> bytes:
-    return struct.pack(">HHHB", transaction_id, 0, len(pdu) + 1, unit) + pdu
+    return _MBAP_HEADER.pack(transaction_id, 0, len(pdu) + 1, unit) + pdu
 
 
 class FrameError(ValueError):
@@ -221,7 +225,7 @@ def take_mbap(buffer: bytes | bytearray) -> tuple[Frame | None, int]:
     incomplete. Raises :class:`FrameError` for a header that cannot start a frame."""
     if len(buffer) < 7:
         return None, 0
-    transaction_id, protocol, length, unit = struct.unpack(">HHHB", buffer[:7])
+    transaction_id, protocol, length, unit = _MBAP_HEADER.unpack_from(buffer)
     if protocol != 0:
         raise FrameError(f"MBAP protocol id {protocol} instead of 0")
     if not 2 <= length <= 254:
