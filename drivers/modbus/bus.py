@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -388,9 +389,14 @@ class ModbusPolledDevice:
         self._refused_since: float | None = None
         self._gaps_allowed = True
         #: Names and units of the points in the config's order (the reading's order), and
-        #: where each name is in it.
-        self.names = tuple(point.name for point in config.points)
-        self.units = tuple(point.unit for point in config.points)
+        #: where each name is in it. Interned: meters configured alike (points listed in each
+        #: device, not from a template) then share one string per name and unit, which every
+        #: reading's values refer to and the uplink hashes and encodes, instead of a copy per
+        #: device for the cache to miss.
+        self.names = tuple(sys.intern(point.name) for point in config.points)
+        self.units = tuple(
+            None if point.unit is None else sys.intern(point.unit) for point in config.points
+        )
         self.position = {name: index for index, name in enumerate(self.names)}
         self._requests: list[ReadRequest] = []
         self.planned: list[Planned] = []
