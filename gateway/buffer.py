@@ -963,6 +963,11 @@ class Buffer:
         self._closing = asyncio.Event()
         #: Submitted, waiting for the next group commit; each with its submitter's future.
         self._pending: list[tuple[Reading, asyncio.Future[int]]] = []
+        #: Readings submitted, and those a finished group commit has written or held: what
+        #: :meth:`settled` compares (a submitter's future may be cancelled before its commit).
+        self._submitted = 0
+        self._accounted = 0
+        self._progress = asyncio.Condition()
         #: Submitted while the disk failed: already answered (not durable), oldest first.
         self._held: collections.deque[Reading] = collections.deque()
         self._memory_drops = DropTallies()
@@ -1093,6 +1098,7 @@ class Buffer:
             raise StorageError("the buffer is closed")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((reading, future))
+        self._submitted += 1
         self._wake.set()
         # Not shielded (a shield costs a future and a loop step per reading): a submitter
         # cancelled meanwhile cancels only its future; the reading stays in the group, and the
@@ -1102,9 +1108,13 @@ class Buffer:
     async def settled(self) -> int:
         """Once every reading submitted so far is committed (or held in memory: the disk
         failed): :attr:`newest_given`. On a stop, the pollers' last readings."""
-        pending = [future for _, future in self._pending]
-        if pending:
-            await asyncio.wait(pending)
+        submitted = self._submitted
+        async with self._progress:
+            await self._progress.wait_for(
+                lambda: (
+                    self._accounted >= submitted or self._flusher is None or self._flusher.done()
+                )
+            )
         return self.newest_given
 
     async def oldest(
@@ -1269,7 +1279,12 @@ class Buffer:
                 # The group: whatever else is submitted in this short while rides along.
                 await asyncio.sleep(self._commit_delay)
             self._wake.clear()
+            taken = len(self._pending)
             written = await self._flush()
+            # Written or held in memory: either way this group is no longer waited for.
+            self._accounted += taken
+            async with self._progress:
+                self._progress.notify_all()
             if self._closing.is_set():
                 if written and self._pending:
                     continue  # submitted while the last group was written

@@ -203,6 +203,23 @@ async def test_appends_from_many_devices_share_one_commit(tmp_path: Path):
         await buffer.close()
 
 
+async def test_settled_waits_for_the_group_of_submitters_cancelled_before_its_commit(
+    tmp_path: Path,
+):
+    # A stop cancels the pollers while their last readings wait for the group: the uplink's
+    # last send must still wait for that group, or it says goodbye without them.
+    buffer = await Buffer.open(tmp_path / "b.db", 10**9, 1e9, commit_delay=0.2)
+    try:
+        submitters = [asyncio.create_task(buffer.append(reading("m1", i))) for i in range(5)]
+        await asyncio.sleep(0)  # each is queued for the group
+        for submitter in submitters:
+            submitter.cancel()
+        assert await buffer.settled() == 5
+        assert buffer.readings_committed == 5
+    finally:
+        await buffer.close()
+
+
 # A damaged or unusable file at the buffer's path.
 
 
