@@ -15,6 +15,7 @@ printed. Prints figures only: no assertion, no pass/fail.
     python -m bench.cost                  # everything (about 12 minutes)
     python -m bench.cost --quick          # shorter windows, one repeat (about 5 minutes)
     python -m bench.cost --only cpu       # one section: cpu, memory, requests, saturation
+    python -m bench.cost --soak 3600      # one 100-device gateway for an hour: its RSS curve
     python -m bench.cost --profile /tmp/p # also py-spy an extra run of each config; then
     python bench/spy_top.py /tmp/p.template.txt
 """
@@ -256,53 +257,33 @@ def run_once(
     py-spy over the window (idle waits left out, native frames in) into that file."""
     meters = list(rig.meters)[:devices]
     interval_s = _seconds(interval)
-    workdir = Path(tempfile.mkdtemp(prefix="fieldgate-cost-"))
-    try:
-        buffer_path = workdir / "buffer.db"
-        config_path = workdir / "fieldgate.yaml"
-        config_path.write_text(
-            gateway_config(
-                rig.broker.port,
-                [meter.port for meter in meters],
-                interval=interval,
-                buffer=buffer_path,
-                naive=naive,
-                max_inflight=max_inflight,
-            )
-        )
-        rig.arrivals.take()
-        gateway = Gateway(config_path, workdir / "gateway.log", rig.gateway_core)
-        try:
-            gateway.wait_running(STARTUP_TIMEOUT_S)
-            time.sleep(rig.warmup)
-            start = time.time()
-            cpu0 = cpu_seconds(gateway.pid)
-            bench0 = time.process_time()
-            requests0 = sum(meter.requests_served for meter in meters)
-            _, seq0 = buffer_state(buffer_path)
-            spy = _py_spy(gateway.pid, rig.seconds, profile) if profile else None
-            curve: list[float] = []
-            deadline = time.monotonic() + rig.seconds
-            while time.monotonic() < deadline and gateway.process.poll() is None:
-                curve.append(status_kib(gateway.pid, "VmRSS") / 1024)
-                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-            end = time.time()
-            if gateway.process.poll() is not None:
-                raise RuntimeError(f"the gateway exited mid-window:\n{gateway.log()[-2000:]}")
-            cpu = cpu_seconds(gateway.pid) - cpu0
-            bench_cpu = time.process_time() - bench0
-            requests = sum(meter.requests_served for meter in meters) - requests0
-            backlog, seq1 = buffer_state(buffer_path)
-            peak = status_kib(gateway.pid, "VmHWM") / 1024
-            rss = status_kib(gateway.pid, "VmRSS") / 1024
-            if spy is not None:
-                spy.wait(timeout=60)
-        finally:
-            gateway.stop()
-        time.sleep(0.5)
-        arrivals = rig.arrivals.take()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    ports = [meter.port for meter in meters]
+    with _gateway(rig, ports, interval, naive, max_inflight) as (gateway, buffer_path):
+        time.sleep(rig.warmup)
+        start = time.time()
+        cpu0 = cpu_seconds(gateway.pid)
+        bench0 = time.process_time()
+        requests0 = sum(meter.requests_served for meter in meters)
+        _, seq0 = buffer_state(buffer_path)
+        spy = _py_spy(gateway.pid, rig.seconds, profile) if profile else None
+        curve: list[float] = []
+        deadline = time.monotonic() + rig.seconds
+        while time.monotonic() < deadline and gateway.process.poll() is None:
+            curve.append(status_kib(gateway.pid, "VmRSS") / 1024)
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        end = time.time()
+        if gateway.process.poll() is not None:
+            raise RuntimeError(f"the gateway exited mid-window:\n{gateway.log()[-2000:]}")
+        cpu = cpu_seconds(gateway.pid) - cpu0
+        bench_cpu = time.process_time() - bench0
+        requests = sum(meter.requests_served for meter in meters) - requests0
+        backlog, seq1 = buffer_state(buffer_path)
+        peak = status_kib(gateway.pid, "VmHWM") / 1024
+        rss = status_kib(gateway.pid, "VmRSS") / 1024
+        if spy is not None:
+            spy.wait(timeout=60)
+    time.sleep(0.5)
+    arrivals = rig.arrivals.take()
     window = end - start
     points_per_reading = len(template_points())
     counted = count_window(arrivals, start, end, points_per_reading)
@@ -325,6 +306,37 @@ def run_once(
         p99_ms=percentile(lat, 0.99) if lat else None,
         bench_cpu_pct=100 * bench_cpu / window,
     )
+
+
+@contextmanager
+def _gateway(
+    rig: Rig, ports: Sequence[int], interval: str, naive: bool, max_inflight: int | None
+) -> Iterator[tuple[Gateway, Path]]:
+    """A gateway polling the meters on ``ports`` with a fresh buffer (the gateway and the
+    buffer's path), running once its log says so; stopped and its files removed after."""
+    workdir = Path(tempfile.mkdtemp(prefix="fieldgate-cost-"))
+    try:
+        buffer_path = workdir / "buffer.db"
+        config_path = workdir / "fieldgate.yaml"
+        config_path.write_text(
+            gateway_config(
+                rig.broker.port,
+                ports,
+                interval=interval,
+                buffer=buffer_path,
+                naive=naive,
+                max_inflight=max_inflight,
+            )
+        )
+        rig.arrivals.take()
+        gateway = Gateway(config_path, workdir / "gateway.log", rig.gateway_core)
+        try:
+            gateway.wait_running(STARTUP_TIMEOUT_S)
+            yield gateway, buffer_path
+        finally:
+            gateway.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _py_spy(pid: int, seconds: float, output: Path) -> subprocess.Popen[bytes]:
@@ -461,6 +473,61 @@ def saturation_section(rig: Rig, max_inflight: int | None) -> None:
     print(wide.line() + "  [mqtt.max_inflight 1000]", flush=True)
 
 
+def soak_section(rig: Rig, seconds: float, every: float, devices: int = 100) -> None:
+    """One gateway for ``seconds``, its RSS sampled every ``every`` seconds and printed as it
+    comes, then the curve's start, least, most, end and slope (a least-squares line through
+    the samples, MiB an hour; also through the second half alone, past any warm-up). The
+    messages that reached the broker are counted and dropped at each sample, so an hour does
+    not pile up in this process."""
+    print(
+        f"Soak: {devices} devices x 30 f32 points @ 1s for {seconds:.0f} s, RSS every "
+        f"{every:.0f} s",
+        flush=True,
+    )
+    ports = [meter.port for meter in list(rig.meters)[:devices]]
+    with _gateway(rig, ports, "1s", False, None) as (gateway, buffer_path):
+        started = time.monotonic()
+        samples: list[tuple[float, float]] = []
+        delivered = 0
+        while gateway.process.poll() is None:
+            elapsed = time.monotonic() - started
+            rss = status_kib(gateway.pid, "VmRSS") / 1024
+            samples.append((elapsed, rss))
+            delivered += len(rig.arrivals.take())
+            backlog, seq = buffer_state(buffer_path)
+            print(
+                f"  {elapsed / 60:6.1f} min  RSS {rss:6.2f} MiB  peak "
+                f"{status_kib(gateway.pid, 'VmHWM') / 1024:6.2f} MiB  readings stored {seq}"
+                f"  delivered {delivered}  backlog {backlog}",
+                flush=True,
+            )
+            if elapsed >= seconds:
+                break
+            time.sleep(max(0.0, min(every, seconds - elapsed)))
+        if gateway.process.poll() is not None:
+            raise RuntimeError(f"the gateway exited mid-soak:\n{gateway.log()[-2000:]}")
+    values = [rss for _, rss in samples]
+    second_half = samples[len(samples) // 2 :]
+    print(
+        f"  RSS start {values[0]:.2f}, min {min(values):.2f}, max {max(values):.2f}, end "
+        f"{values[-1]:.2f} MiB; slope {_slope(samples) * 3600:+.3f} MiB/h (second half "
+        f"{_slope(second_half) * 3600:+.3f} MiB/h)",
+        flush=True,
+    )
+
+
+def _slope(samples: Sequence[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, MiB) samples, MiB a second; 0 for fewer than two."""
+    if len(samples) < 2:
+        return 0.0
+    xs, ys = [x for x, _ in samples], [y for _, y in samples]
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    spread_x = sum((x - mean_x) ** 2 for x in xs)
+    if spread_x == 0:
+        return 0.0
+    return sum((x - mean_x) * (y - mean_y) for x, y in samples) / spread_x
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 
@@ -496,6 +563,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="py-spy an extra (uncounted) CPU run of each config into PROFILE.{template,naive}.txt",
     )
+    parser.add_argument(
+        "--soak",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="instead of the sections: one 100-device gateway this long, its RSS curve",
+    )
+    parser.add_argument(
+        "--soak-every", type=float, default=60.0, metavar="SECONDS", help="soak: RSS sample period"
+    )
     args = parser.parse_args(argv)
     if not mosquitto_available():
         print("mosquitto is not installed: apt-get install mosquitto (or `make mosquitto`)")
@@ -503,6 +580,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds, warmup, repeat = args.seconds, args.warmup, args.repeat
     if args.quick:
         seconds, warmup, repeat = 10.0, 3.0, 1
+    if args.soak is not None:
+        with rig(100, seconds, warmup) as bench:
+            soak_section(bench, args.soak, args.soak_every)
+        return 0
     sections = set(args.only or ("cpu", "memory", "requests", "saturation"))
     with rig(400 if "saturation" in sections else 200, seconds, warmup) as bench:
         runs: list[Run] = []

@@ -11,6 +11,8 @@ start ``fieldgate run`` and stop on SIGTERM with exit 0 and no traceback; reject
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 import os
 import re
@@ -219,6 +221,30 @@ def test_every_generated_config_is_accepted_runnable_or_rejected_with_lines(conf
             assert len(problem) < 2000, problem[:200]
     else:
         assert_within_what_run_takes(outcome)
+
+
+def _obeying(config: dict[str, Any]) -> dict[str, Any]:
+    _obey_rules_across_keys(config)
+    return config
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+@given(config=SCHEMA_VALID.map(_obeying))
+def test_the_config_hash_is_of_the_whole_config_as_sorted_json(config):
+    # config_hash writes the JSON a section and a device at a time (one tree of the whole
+    # config was the start's high-water mark of memory): the same text as dumping it whole.
+    outcome = _outcome(_dump(config))
+    assume(isinstance(outcome, GatewayConfig))
+    assert isinstance(outcome, GatewayConfig)  # for mypy: assume() does not narrow
+    whole = outcome.model_dump(
+        mode="json", exclude={"mqtt": {"password_file", "password_credential"}}
+    )
+    text = json.dumps(whole, sort_keys=True, separators=(",", ":"))
+    assert outcome.config_hash() == "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 #: Pieces of YAML syntax: anchors, aliases, tags, flow and block collections, specials.

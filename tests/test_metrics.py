@@ -4,6 +4,8 @@ the test's own: what a fleet's Prometheus would collect, parsed by prometheus-cl
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -22,6 +24,7 @@ from gateway.health import HealthRegistry
 from gateway.readings import PointValue, Reading
 from gateway.service import run_gateway
 from gateway.shutdown import ShutdownRequest
+from tests.harness import REPO
 from tests.own_drivers import OwnBus, own_drivers
 from tests.wire import CheckedFleet
 
@@ -216,3 +219,18 @@ async def test_metrics_count_requests_timeouts_and_errors_per_bus_and_unit(
     assert unit("fieldgate_bus_unit_errors_total", 3) >= 1
     assert unit("fieldgate_bus_unit_timeouts_total", 3) == 0
     assert health.buses["lan"].counts.slaves[1].breaker == "closed"
+
+
+def test_a_gateway_without_a_metrics_section_never_imports_prometheus_client():
+    # prometheus-client and the HTTP modules it pulls in are RSS that a gateway without a
+    # `metrics:` section would carry for its life: `run` imports them only for that section.
+    probe = (
+        "import sys; from pathlib import Path; import gateway.cli, gateway.service; "
+        "from gateway.config.loader import load_config; "
+        "config = load_config(Path('examples/demo.yaml')); assert config.metrics is None; "
+        "print('prometheus_client' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    assert result.stdout.strip() == "False"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -310,11 +311,35 @@ class GatewayConfig(StrictModel):
         two files that mean the same config hash alike and the fleet sees which config a
         gateway runs. A config holds no secret inline; where the password is read from is
         left out too."""
-        normalised = self.model_dump(
-            mode="json", exclude={"mqtt": {"password_file", "password_credential"}}
-        )
-        text = json.dumps(normalised, sort_keys=True, separators=(",", ":"))
-        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+        digest = hashlib.sha256()
+        for chunk in self._normalised_json():
+            digest.update(chunk.encode())
+        return "sha256:" + digest.hexdigest()
+
+    def _normalised_json(self) -> Iterator[str]:
+        """The text of ``json.dumps(<the config dumped as JSON data>, sort_keys=True,
+        separators=(",", ":"))``, a section (and each bus and device) at a time: the whole
+        config as one tree of dicts is megabytes at a hundred devices, and would be the
+        process's high-water mark of memory, for a moment, at every start."""
+        encode = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+        opening = "{"
+        for name in sorted(type(self).model_fields):
+            yield f"{opening}{encode(name)}:"
+            opening = ","
+            value = getattr(self, name)
+            if isinstance(value, list):
+                yield "["
+                for index, item in enumerate(value):
+                    yield ("," if index else "") + encode(item.model_dump(mode="json"))
+                yield "]"
+            else:
+                section = self.model_dump(mode="json", include={name}, exclude=_UNHASHED)
+                yield encode(section[name])
+        yield "}"
+
+
+#: Where the password is read from: not what the config means.
+_UNHASHED = {"mqtt": {"password_file", "password_credential"}}
 
 
 def _duplicates(section: str, names: list[str]) -> list[tuple[tuple[str | int, ...], str]]:
