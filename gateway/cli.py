@@ -61,7 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _without_config(command, args, config_json_schema_text)
     config_path: Path = getattr(args, "file", None) or args.config
     try:
-        config = load_config(config_path)
+        if command == "run":
+            # The YAML read in a child: this process lives on (see gateway.config.isolated).
+            from gateway.config.isolated import load_config_isolated  # noqa: PLC0415
+
+            config = load_config_isolated(config_path)
+        else:
+            config = load_config(config_path)
     except ConfigError as exc:
         print(f"{config_path}: configuration is not valid:", file=sys.stderr)
         for problem in exc.problems:

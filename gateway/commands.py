@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.buffer import Buffer
-from gateway.config.loader import load_config, parse_config
+from gateway.config.isolated import load_config_isolated, parse_config_isolated
 from gateway.config.model import GatewayConfig
 from gateway.driver import PolledDevice, WritableDevice
 from gateway.errors import ConfigError, DeviceError, StorageError, WriteRefused
@@ -253,10 +253,10 @@ class CommandHandler:
                     raise CommandFailed(
                         "malformed", "no config file to reload: send the config in 'config'"
                     )
-                config = await asyncio.to_thread(load_config, self._config_path)
+                config = await asyncio.to_thread(load_config_isolated, self._config_path)
             elif isinstance(text, str) and len(text.encode()) <= MAX_CONFIG_BYTES:
                 source = f"the config of command {command_id}"
-                config = await asyncio.to_thread(parse_config, text, source=source)
+                config = await asyncio.to_thread(parse_config_isolated, text, source=source)
             else:
                 raise CommandFailed(
                     "malformed", f"'config' is the YAML text, at most {MAX_CONFIG_BYTES} bytes"

@@ -26,7 +26,7 @@ from gateway.backoff import Backoff
 from gateway.buffer import Buffer
 from gateway.clock import Clock, SystemClock, epoch_ms
 from gateway.commands import CommandHandler, RecentIds
-from gateway.config.loader import load_config
+from gateway.config.isolated import load_config_isolated
 from gateway.config.model import GatewayConfig
 from gateway.descriptions import Descriptions
 from gateway.driver import BusDriver, BusDriverFactory, PolledDevice, StreamingBusDriver
@@ -335,8 +335,8 @@ async def _reload(shutdown: ShutdownRequest, config_path: Path | None) -> Gatewa
         log.warning("SIGHUP: no config file to reload (the config was not read from a file)")
         return None
     try:
-        # File I/O and pydantic: off the event loop.
-        return await asyncio.to_thread(load_config, config_path)
+        # File I/O, a child process and pydantic: off the event loop.
+        return await asyncio.to_thread(load_config_isolated, config_path)
     except ConfigError as exc:
         log.error(  # noqa: TRY400 - the problems are the message; a traceback adds nothing
             "SIGHUP: %s is not valid, the running config stays:\n  %s",

@@ -4,6 +4,7 @@ key; the quantities people write parse; the committed JSON Schema is current."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ from hypothesis import strategies as st
 
 from drivers.host.config import HostDevice, HostMetric
 from drivers.modbus.config import ModbusDevice
+from gateway.config import loader
 from gateway.config.fields import parse_duration, parse_size
+from gateway.config.isolated import load_config_isolated, parse_config_isolated
 from gateway.config.loader import config_json_schema_text, load_config, parse_config
 from gateway.errors import ConfigError
 from tests.harness import REPO, run_fieldgate
@@ -214,3 +217,76 @@ def test_the_config_hash_is_of_what_the_config_means_and_leaves_the_password_out
     assert len(set(hashes)) == 1
     assert hashes[0].startswith("sha256:")
     assert parse_config(other_meaning).config_hash() != hashes[0]
+
+
+#: A site of identical meters with their points listed by hand (no template).
+LISTED_POINTS = """gateway: {id: g}
+mqtt: {host: broker}
+buses: [{name: lan, type: modbus_tcp, host: 10.0.0.5}]
+devices:
+""" + "".join(
+    f"""  - name: m{n}
+    bus: lan
+    unit_id: {n + 1}
+    points:
+      - {{name: voltage, register: input, address: 0, type: f32, unit: V}}
+      - {{name: current, register: input, address: 6, type: f32, unit: A}}
+"""
+    for n in range(3)
+)
+
+
+def test_run_reads_the_yaml_in_a_child_and_gets_the_same_config(tmp_path: Path):
+    for text in (LISTED_POINTS, (REPO / "examples" / "demo.yaml").read_text()):
+        path = tmp_path / "fieldgate.yaml"
+        path.write_text(text)
+        here, apart = load_config(path), load_config_isolated(path)
+        assert apart == here
+        assert apart.config_hash() == here.config_hash()
+        # What the Modbus driver reads (max_gap given or not) survives the hand-over.
+        assert [d.model_fields_set for d in apart.devices] == [
+            d.model_fields_set for d in here.devices
+        ]
+
+
+def test_equal_points_of_different_devices_are_one_object():
+    config = parse_config(LISTED_POINTS)
+    points = [point for device in config.devices for point in getattr(device, "points", [])]
+    assert len(points) == 6
+    assert len({id(point) for point in points}) == 2
+
+
+def test_a_config_read_in_a_child_has_the_same_mistakes(tmp_path: Path):
+    for case in ("unknown_key", "duplicate_device", "yaml_syntax"):
+        path = CASES[[p.name for p in CASES].index(case)] / "config.yaml"
+        with pytest.raises(ConfigError) as here:
+            load_config(path)
+        with pytest.raises(ConfigError) as apart:
+            load_config_isolated(path)
+        assert apart.value.problems == here.value.problems
+
+
+def test_without_a_child_the_config_is_read_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "fieldgate.yaml"
+    path.write_text(LISTED_POINTS)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
+    assert load_config_isolated(path) == load_config(path)
+    with pytest.raises(ConfigError) as exc:
+        parse_config_isolated(case_text("unknown_key"), source="x.yaml")
+    assert exc.value.problems[0].startswith("x.yaml:6: mqtt.hots: unknown key 'hots'")
+
+
+def test_the_yaml_is_composed_in_the_child_not_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    path = tmp_path / "fieldgate.yaml"
+    path.write_text(LISTED_POINTS)
+    expected = load_config(path)
+
+    def not_here(text: str, source: str) -> None:
+        raise AssertionError("composed in the long-lived process")
+
+    monkeypatch.setattr(loader, "_compose", not_here)
+    assert load_config_isolated(path) == expected
+    with pytest.raises(ConfigError):
+        parse_config_isolated(case_text("unknown_key"))

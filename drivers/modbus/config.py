@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from gateway.config.fields import (
     AnswerTimeout,
@@ -15,6 +15,7 @@ from gateway.config.fields import (
     HostName,
     Name,
     StrictModel,
+    shared,
 )
 from gateway.readings import DeviceInfo, PointInfo
 
@@ -278,6 +279,14 @@ class ModbusDevice(DeviceBase):
                 for point in self.points
             ),
         )
+
+    @field_validator("points", mode="after")
+    @classmethod
+    def _equal_points_as_one(
+        cls, points: list[ModbusPoint], info: ValidationInfo
+    ) -> list[ModbusPoint]:
+        # Meters of one kind with their points listed by hand list the same points.
+        return [shared(point, info) for point in points]
 
     @model_validator(mode="before")
     @classmethod

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
+    ValidationInfo,
     WithJsonSchema,
 )
 from pydantic.json_schema import JsonSchemaValue
@@ -434,6 +435,31 @@ class StrictModel(BaseModel):
     """Unknown keys are errors and nothing is coerced silently: a typo must not be ignored."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+#: The validation context's key for the table of :func:`shared`.
+_SHARED = "shared models"
+
+
+def sharing_context() -> dict[str, Any]:
+    """The validation context under which :func:`shared` gives equal models as one object:
+    one table for one config, dropped with the context once it is validated."""
+    return {_SHARED: {}}
+
+
+_Model = TypeVar("_Model", bound=StrictModel)
+
+
+def shared(model: _Model, info: ValidationInfo) -> _Model:
+    """``model``, or an equal one validated before it under the same context (the models are
+    frozen, so nobody can tell them apart): 100 identical meters with their 30 points listed
+    hold 30 point models instead of 3 000, a few MB for the life of the process."""
+    table = info.context.get(_SHARED) if isinstance(info.context, dict) else None
+    if not isinstance(table, dict):
+        return model
+    key = (type(model), model.model_dump_json(), frozenset(model.model_fields_set))
+    found: _Model = table.setdefault(key, model)
+    return found
 
 
 class DeviceBase(StrictModel):

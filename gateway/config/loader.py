@@ -22,7 +22,7 @@ from pydantic import BaseModel, Tag, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
-from gateway.config.fields import DeviceBase, brief
+from gateway.config.fields import DeviceBase, brief, sharing_context
 from gateway.config.model import GatewayConfig
 from gateway.errors import ConfigError
 
@@ -51,7 +51,7 @@ _ALLOWED_TAGS = "!!str, !!int, !!float, !!bool and !!null"
 
 
 @dataclass(frozen=True, slots=True)
-class _Located:
+class Located:
     """The plain data of a YAML document and the line (1-based) of every key path in it."""
 
     data: Any
@@ -60,10 +60,16 @@ class _Located:
 
 def load_config(path: Path) -> GatewayConfig:
     """Read and validate ``path``. Raises :class:`ConfigError` listing every mistake found."""
-    return parse_config(_read_text(path), source=str(path))
+    return parse_config(read_config_text(path), source=str(path))
 
 
 def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
+    return validate_document(read_document(text, source), source)
+
+
+def read_document(text: str, source: str = "<config>") -> Located:
+    """``text`` composed into plain data (and the line of every key path), with what YAML
+    itself can get wrong (syntax, size, nesting, tags) raised as :class:`ConfigError`."""
     if len(text) > MAX_FILE_BYTES:
         raise ConfigError([_too_large(source)])
     located = _compose(text, source)
@@ -71,8 +77,13 @@ def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
         raise ConfigError(
             [f"{source}:1: the file must be a YAML mapping with gateway, mqtt, buses and devices"]
         )
+    return located
+
+
+def validate_document(located: Located, source: str = "<config>") -> GatewayConfig:
+    """The config a document holds, or :class:`ConfigError` naming the line of each mistake."""
     try:
-        config = GatewayConfig.model_validate(located.data)
+        config = GatewayConfig.model_validate(located.data, context=sharing_context())
     except ValidationError as exc:
         problems = [_describe(error, located, source) for error in exc.errors(include_url=False)]
         raise ConfigError(problems) from None
@@ -108,7 +119,7 @@ def _warning_at(path: Path, loc: KeyPath, message: str) -> str:
     # The config was valid a moment ago, so this read succeeds but for a race with an editor:
     # then the warning goes without its line rather than not at all.
     try:
-        located = _compose(_read_text(path), str(path))
+        located = _compose(read_config_text(path), str(path))
     except ConfigError:
         return f"{path}: warning: {message}"
     return _at(str(path), located, loc, f"warning: {message}")
@@ -126,7 +137,7 @@ def config_json_schema_text() -> str:
     return json.dumps(config_json_schema(), indent=2, sort_keys=True) + "\n"
 
 
-def _read_text(path: Path) -> str:
+def read_config_text(path: Path) -> str:
     try:
         with path.open("rb") as file:
             # One byte past the cap tells "too large" without reading all of a huge file (or of
@@ -222,7 +233,7 @@ def _too_deep(source: str, line: int) -> ConfigError:
     )
 
 
-def _compose(text: str, source: str) -> _Located:
+def _compose(text: str, source: str) -> Located:
     try:
         root = yaml.compose(text, Loader=_Loader)
     except _TooDeep as exc:
@@ -245,7 +256,7 @@ def _compose(text: str, source: str) -> _Located:
         composer.close()
     if composer.problems:
         raise ConfigError(composer.problems)
-    return _Located(data, composer.lines)
+    return Located(data, composer.lines)
 
 
 class _NodeReader:
@@ -367,7 +378,7 @@ class _NodeReader:
         return key
 
 
-def _describe(error: ErrorDetails, located: _Located, source: str) -> str:
+def _describe(error: ErrorDetails, located: Located, source: str) -> str:
     loc, holder = _walk(error["loc"], located.data)
     where = _dotted(loc) or "top level"
     kind = error["type"]
@@ -405,7 +416,7 @@ def _describe(error: ErrorDetails, located: _Located, source: str) -> str:
     return _at(source, located, loc, message)
 
 
-def _at(source: str, located: _Located, loc: KeyPath, message: str) -> str:
+def _at(source: str, located: Located, loc: KeyPath, message: str) -> str:
     """Prefix ``message`` with the file and the line of ``loc``, or of its nearest ancestor
     present in the file (a missing key is reported at the mapping that lacks it)."""
     for end in range(len(loc), -1, -1):
