@@ -264,6 +264,14 @@ def test_a_config_read_in_a_child_has_the_same_mistakes(tmp_path: Path):
         with pytest.raises(ConfigError) as apart:
             load_config_isolated(path)
         assert apart.value.problems == here.value.problems
+    # A YAML timestamp is data the child cannot hand over: refused all the same.
+    dated = case_text("unknown_key").replace("gateway:\n", "gateway:\n  since: 2026-01-01\n", 1)
+    with pytest.raises(ConfigError) as here:
+        parse_config(dated)
+    with pytest.raises(ConfigError) as apart:
+        parse_config_isolated(dated)
+    assert apart.value.problems == here.value.problems
+    assert any("since" in problem for problem in apart.value.problems)
 
 
 def test_without_a_child_the_config_is_read_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
