@@ -68,8 +68,10 @@ def _ask_child(text: str, source: str) -> tuple[str, Any] | None:
     """The child's answer: ``("config", plain data)`` or ``("problems", lines)``; ``None``
     when there is no answer to trust."""
     try:
+        # -P: the working directory is not put on the module path (`-m` would), so whatever
+        # lies where the gateway was started from cannot stand in for our module.
         done = subprocess.run(  # noqa: S603 - this interpreter, our own module, no shell
-            [sys.executable, "-m", __name__, source],
+            [sys.executable, "-P", "-m", __name__, source],
             input=text.encode(),
             capture_output=True,
             timeout=CHILD_TIMEOUT,
