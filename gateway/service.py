@@ -26,13 +26,14 @@ from gateway.backoff import Backoff
 from gateway.buffer import Buffer
 from gateway.clock import Clock, SystemClock, epoch_ms
 from gateway.commands import CommandHandler, RecentIds
+from gateway.config.fields import DeviceBase
 from gateway.config.isolated import load_config_isolated
 from gateway.config.model import GatewayConfig
 from gateway.descriptions import Descriptions
 from gateway.driver import BusDriver, BusDriverFactory, PolledDevice, StreamingBusDriver
 from gateway.errors import ConfigError, StorageError
 from gateway.health import HealthRegistry
-from gateway.readings import DeviceInfo
+from gateway.readings import DeviceInfo, PointInfo
 from gateway.reloads import Switch, Switches, watch_for_rollback
 from gateway.scheduler import DevicePoller
 from gateway.shutdown import Budget, Deadline, ShutdownRequest
@@ -173,7 +174,7 @@ async def _run_config(
         async with contextlib.AsyncExitStack() as buses:
             # The config's descriptions, completed by what devices say of themselves (drivers
             # report that through the sink; the dialect and discovery read it).
-            descriptions = Descriptions(device.info() for device in config.devices)
+            descriptions = Descriptions(_described(config.devices))
             described = descriptions.configured()
             sink = Sink(buffer, health, clock, descriptions)
             parts, polled = await _open_buses(config, drivers, buses, sink, clock, ending, health)
@@ -253,6 +254,18 @@ async def _run_config(
     finally:
         await _bounded(buffer.close(), deadline, "closing the buffer")
     return next_config
+
+
+def _described(devices: Sequence[DeviceBase]) -> tuple[DeviceInfo, ...]:
+    """Each device's info, for the life of this config; equal lists of points (meters of one
+    kind) as one tuple, not one per device (a 30-point meter's is 2.5 kB)."""
+    lists: dict[tuple[PointInfo, ...], tuple[PointInfo, ...]] = {}
+    infos: list[DeviceInfo] = []
+    for device in devices:
+        info = device.info()
+        points = lists.setdefault(info.points, info.points)
+        infos.append(info if points is info.points else replace(info, points=points))
+    return tuple(infos)
 
 
 def _settle() -> None:

@@ -20,7 +20,7 @@ from gateway.config.model import GatewayConfig
 from gateway.driver import PolledDevice, ReadingSink
 from gateway.health import HealthRegistry
 from gateway.readings import PointValue, Reading
-from gateway.service import run_gateway
+from gateway.service import _described, run_gateway
 from gateway.shutdown import ShutdownRequest
 from tests.harness import reading_seqs
 from tests.own_drivers import OwnBus, own_drivers
@@ -218,3 +218,19 @@ devices:
     assert any("bus radio opened on a retry" in r.getMessage() for r in caplog.records)
     assert not [r for r in caplog.records if "radio failed unexpectedly" in r.getMessage()]
     assert health.devices["steady"].polls_failed == 0
+
+
+def test_meters_of_one_kind_share_their_described_points():
+    devices = "".join(
+        f"  - {{name: m{n}, bus: lan, unit_id: {n + 1}, template: eastron-sdm630}}\n"
+        for n in range(3)
+    )
+    config = parse_config(
+        "gateway: {id: g}\nmqtt: {host: broker}\n"
+        "buses: [{name: lan, type: modbus_tcp, host: 10.0.0.5}]\n"
+        f"devices:\n{devices}"
+    )
+    described = _described(config.devices)
+    assert list(described) == [device.info() for device in config.devices]
+    assert len({id(info.points) for info in described}) == 1
+    assert len(described[0].points) == 32  # the template's points
