@@ -40,7 +40,14 @@ from gateway.events import (
     GatewayEvent,
 )
 from gateway.health import PartHealth
-from gateway.readings import BufferedReading, PointValue, Quality, Reading, Unsynchronised
+from gateway.readings import (
+    BufferedReading,
+    Layout,
+    PointValue,
+    Quality,
+    Reading,
+    Unsynchronised,
+)
 from gateway.timekeeping import current_boot_id
 
 log = logging.getLogger(__name__)
@@ -804,9 +811,6 @@ class _Checkpointer:
 def _nothing() -> None:
     return None
 
-
-#: A reading's points as (name, unit), in its order: what a row's layout id stands for.
-Layout = tuple[tuple[str, str | None], ...]
 
 #: The types a point's value may have (exactly: JSON's true is a bool, which is an int).
 _VALUE_TYPES = (int, float, str, type(None))

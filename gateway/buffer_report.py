@@ -25,9 +25,8 @@ from gateway.upstream.json_dialect import iso_utc_ms
 if TYPE_CHECKING:
     import sqlite_utils
 
-    from gateway.buffer import Layout
     from gateway.config.model import GatewayConfig
-    from gateway.readings import PointValue
+    from gateway.readings import Layout, PointValue
 
 EXPORT_FORMATS = ("jsonl", "csv")
 #: sysexits.h EX_IOERR: the export could not be written.

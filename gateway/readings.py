@@ -26,6 +26,12 @@ class PointValue:
     unit: str | None = None
 
 
+#: A reading's points as (name, unit), in its order: what never changes from one reading of a
+#: device to the next. The wire's description says it once (its layout id); the buffer's
+#: ``layouts`` table keeps it once, and each row only its values.
+Layout = tuple[tuple[str, str | None], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Unsynchronised:
     """A reading taken while the wall clock could not be believed (see

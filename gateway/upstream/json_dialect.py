@@ -27,7 +27,7 @@ import orjson
 from gateway.descriptions import Descriptions
 from gateway.events import BufferedEvent
 from gateway.health import HealthReport
-from gateway.readings import BufferedReading, DeviceInfo, PointInfo
+from gateway.readings import BufferedReading, DeviceInfo, Layout, PointInfo
 from gateway.upstream.messages import OutgoingMessage
 
 #: The version of every message's layout; docs/*.schema.json pin it with ``const``. Version 1
@@ -68,9 +68,6 @@ class GatewayInfo:
     started_ms: int
     devices: tuple[DeviceInfo, ...] = ()
 
-
-#: A reading's points as (name, unit), in its order: what its description says once.
-Layout = tuple[tuple[str, str | None], ...]
 
 _name_and_unit = operator.attrgetter("name", "unit")
 
