@@ -1,7 +1,9 @@
 """Validated config models -> the running gateway's settings (:mod:`gateway.settings`).
 
 Each model class names its settings class (``settings: ClassVar``), a frozen dataclass of the
-same field names. :func:`settings_tree` writes a validated config as a tree of plain data that
+same field names. A model whose settings need more than its fields' values (whether a field was
+given or defaulted: ``model_fields_set`` is the model's, not the data's) says so in a
+``settings_extras()`` method returning the settings' other fields by name. :func:`settings_tree` writes a validated config as a tree of plain data that
 :mod:`marshal` carries out of the config reader's child; :func:`to_settings` builds the settings
 in this process (``check``, a config read without the child, tests).
 """
@@ -47,11 +49,11 @@ def settings_name(model: type[BaseModel]) -> str:
 def _tree(value: object) -> Tree:
     if isinstance(value, BaseModel):
         model = type(value)
-        return (
-            "S",
-            settings_name(model),
-            tuple((name, _tree(getattr(value, name))) for name in model.model_fields),
-        )
+        fields = tuple((name, _tree(getattr(value, name))) for name in model.model_fields)
+        extras = getattr(value, "settings_extras", None)
+        if callable(extras):
+            fields += tuple((name, _tree(item)) for name, item in extras().items())
+        return ("S", settings_name(model), fields)
     if isinstance(value, enum.Enum):
         kind = type(value)
         return ("E", f"{kind.__module__}:{kind.__qualname__}", value.value)
