@@ -20,6 +20,7 @@ enums a file may name live here, so both sides share them).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import importlib
@@ -152,11 +153,11 @@ Tree = Any
 
 def settings_from_tree(tree: Tree) -> GatewaySettings:
     """The settings a tree describes (see :mod:`gateway.config.handover`). Equal parts of it
-    (the 30 points of 100 meters of one kind) become one object. Raises ``ValueError`` for a
-    tree that is not one."""
+    (the 30 points of 100 meters of one kind) become one object. Raises ``ValueError`` or
+    ``TypeError`` for a tree that is not one."""
     settings = build_settings(tree)
     if not isinstance(settings, GatewaySettings):
-        raise ValueError(f"not a whole config: {type(settings).__name__}")
+        raise TypeError(f"not a whole config: {type(settings).__name__}")
     return settings
 
 
@@ -182,10 +183,8 @@ class _Builder:
         except TypeError:  # unhashable: a malformed tree (a list inside); fail below
             pass
         built = self._build_tagged(tree)
-        try:
+        with contextlib.suppress(TypeError):
             self._built[tree] = built
-        except TypeError:
-            pass
         return built
 
     def _build_tagged(self, tree: tuple[Any, ...]) -> Any:
@@ -210,7 +209,7 @@ class _Builder:
 
     def _class(self, name: object) -> type:
         if not isinstance(name, str):
-            raise ValueError(f"not a class name: {name!r}")
+            raise TypeError(f"not a class name: {name!r}")
         try:
             return self._classes[name]
         except KeyError:
@@ -222,6 +221,6 @@ class _Builder:
         for part in qualname.split("."):
             found = getattr(found, part)
         if not isinstance(found, type):
-            raise ValueError(f"not a class: {name}")
+            raise TypeError(f"not a class: {name}")
         self._classes[name] = found
         return found

@@ -3,7 +3,9 @@
 Each model class names its settings class (``settings: ClassVar``), a frozen dataclass of the
 same field names. A model whose settings need more than its fields' values (whether a field was
 given or defaulted: ``model_fields_set`` is the model's, not the data's) says so in a
-``settings_extras()`` method returning the settings' other fields by name. :func:`settings_tree` writes a validated config as a tree of plain data that
+``settings_extras()`` method returning the settings' other fields by name.
+
+:func:`settings_tree` writes a validated config as a tree of plain data that
 :mod:`marshal` carries out of the config reader's child; :func:`to_settings` builds the settings
 in this process (``check``, a config read without the child, tests).
 """
