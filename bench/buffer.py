@@ -34,6 +34,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.buffer import Buffer, ReadingStore
 from gateway.clock import SystemClock
+from gateway.config.handover import settings_of
 from gateway.config.model import BufferConfig, MqttConfig
 from gateway.health import PartHealth
 from gateway.readings import BufferedReading, PointValue, Reading
@@ -231,7 +232,7 @@ async def drain(path: Path, broker: MosquittoBroker, count: int, replay_rate: fl
     latency = LiveLatency(broker.port, live_devices)
     buffer = await Buffer.open(path, 10**12, 1e12)
     forwarder = Forwarder(
-        MqttConfig(host=broker.host, port=broker.port),
+        settings_of(MqttConfig(host=broker.host, port=broker.port)),
         bench_dialect(),
         buffer,
         SystemClock(),

@@ -1,8 +1,8 @@
-"""The one table of built-in drivers: their config models (for validation and the JSON Schema)
-and, imported only when a bus of that type is opened, their implementation.
+"""The one table of built-in drivers' config models (for validation and the JSON Schema), and
+the technician's tools. Which module opens a bus of each type is in :mod:`drivers.factories`.
 
-Adding a protocol is one module in ``drivers/`` plus one entry here; the core's data path does
-not change.
+Adding a protocol is one package in ``drivers/`` plus one entry here and one there; the core's
+data path does not change.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from drivers.modbus.config import (
     ModbusTcpBus,
 )
 from gateway.config.fields import DeviceBase
-from gateway.driver import BusDriverFactory
 
 #: Every bus kind a config may name, told apart by its ``type`` key.
 BusConfig = Annotated[
@@ -38,16 +37,6 @@ DeviceConfig = (
     | Annotated[BleDevice, Tag(BleDevice.__name__)]
 )
 
-#: ``type`` of a bus -> "module:factory" that opens it. Imported lazily, so that a gateway with
-#: only Modbus buses never imports bleak, and the core never imports a protocol library.
-_DRIVERS: dict[str, str] = {
-    "modbus_tcp": "drivers.modbus.tcp:open_modbus_tcp_bus",
-    "modbus_rtu": "drivers.modbus.rtu:open_modbus_rtu_bus",
-    "modbus_rtu_over_tcp": "drivers.modbus.tcp:open_modbus_rtu_over_tcp_bus",
-    "host": "drivers.host.driver:open_host_bus",
-    "ble": "drivers.ble.driver:open_ble_bus",
-}
-
 _DEVICE_MODELS: dict[object, type[DeviceBase]] = {
     bus_type: bus_model.device_model
     for bus_model in typing.get_args(typing.get_args(BusConfig)[0])
@@ -58,13 +47,6 @@ _DEVICE_MODELS: dict[object, type[DeviceBase]] = {
 def device_model_of(bus_type: object) -> type[DeviceBase] | None:
     """The device model a bus of ``bus_type`` reaches; ``None`` if no bus has that type."""
     return _DEVICE_MODELS.get(bus_type) if isinstance(bus_type, str) else None
-
-
-def bus_driver_factory(bus_type: str) -> BusDriverFactory:
-    """The factory for buses of ``bus_type`` (a value the config schema allows)."""
-    module_name, _, attribute = _DRIVERS[bus_type].partition(":")
-    factory: BusDriverFactory = getattr(importlib.import_module(module_name), attribute)
-    return factory
 
 
 def _scans_ble(args: object, load_config: object) -> bool:

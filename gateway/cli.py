@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ from gateway.shutdown import ShutdownRequest
 
 if TYPE_CHECKING:
     from gateway.config.model import GatewayConfig
+    from gateway.settings import GatewaySettings
 
 #: sysexits.h EX_CONFIG: systemd's RestartPreventExitStatus keeps a bad config from looping.
 EX_CONFIG = 78
@@ -54,25 +55,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         # First thing: from here on a SIGTERM is a request to stop, not the end of the process.
         shutdown.install()
     configure_logging(args.verbose)
-    # Imported here, not at the top: see the module's docstring.
-    from gateway.config.loader import config_json_schema_text, load_config  # noqa: PLC0415
-
     if command in {"schema", "templates", "scan", "probe", "buffer"}:
-        return _without_config(command, args, config_json_schema_text)
+        return _without_config(command, args)
     config_path: Path = getattr(args, "file", None) or args.config
-    try:
-        if command == "run":
-            # The YAML read in a child: this process lives on (see gateway.config.isolated).
-            from gateway.config.isolated import load_config_isolated  # noqa: PLC0415
+    if command == "run":
+        return _run(config_path, shutdown)
+    # Imported here, not at the top: see the module's docstring.
+    from gateway.config.loader import load_config  # noqa: PLC0415
 
-            config = load_config_isolated(config_path)
-        else:
-            config = load_config(config_path)
+    try:
+        config = load_config(config_path)
     except ConfigError as exc:
-        print(f"{config_path}: configuration is not valid:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return EX_CONFIG
+        return _refused(config_path, exc)
     if command == "check":
         from gateway.config.loader import config_warnings  # noqa: PLC0415 - as above
 
@@ -80,16 +74,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(warning, file=sys.stderr)
         print(f"{config_path}: OK ({len(config.buses)} bus(es), {len(config.devices)} device(s))")
         return 0
-    if command == "read":
-        return asyncio.run(_read_now(config, args.device))
+    from gateway.config.handover import to_settings  # noqa: PLC0415 - as above
+
+    return asyncio.run(_read_now(to_settings(config), args.device))
+
+
+def _run(config_path: Path, shutdown: ShutdownRequest) -> int:
+    """``run``: the daemon, with its config read as settings (see gateway.config.isolated):
+    this process never imports pydantic nor YAML."""
+    from gateway.config.isolated import read_settings  # noqa: PLC0415 - see the docstring
+
+    try:
+        settings = read_settings(config_path)
+    except ConfigError as exc:
+        return _refused(config_path, exc)
     from gateway.service import run_gateway  # noqa: PLC0415 - only `run` needs the daemon
 
     try:
-        asyncio.run(run_gateway(config, shutdown, config_path=config_path))
+        asyncio.run(run_gateway(settings, shutdown, config_path=config_path))
     except StorageError as exc:
         log.critical("%s", exc)
         return EX_CANTCREAT
     return 0
+
+
+def _refused(config_path: Path, exc: ConfigError) -> int:
+    print(f"{config_path}: configuration is not valid:", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return EX_CONFIG
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -184,10 +197,12 @@ def _add_modbus_tools(
         tool.add_argument("--timeout", default="200ms", help="answer timeout (200ms)")
 
 
-def _without_config(command: str, args: argparse.Namespace, schema_text: Callable[[], str]) -> int:
+def _without_config(command: str, args: argparse.Namespace) -> int:
     """The commands that run without a config file (scan and probe may name one)."""
     if command == "schema":
-        sys.stdout.write(schema_text())
+        from gateway.config.loader import config_json_schema_text  # noqa: PLC0415
+
+        sys.stdout.write(config_json_schema_text())
         return 0
     if command == "buffer":  # -c or --file: the file may be a moved-aside one
         from gateway import buffer_report  # noqa: PLC0415 - only `buffer` needs sqlite-utils
@@ -204,14 +219,11 @@ def _load_config_or_exit(path: Path) -> GatewayConfig:
     try:
         return load_config(path)
     except ConfigError as exc:
-        print(f"{path}: configuration is not valid:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        raise SystemExit(EX_CONFIG) from None
+        raise SystemExit(_refused(path, exc)) from None
 
 
-async def _read_now(config: GatewayConfig, device_name: str) -> int:
-    from drivers.catalog import bus_driver_factory  # noqa: PLC0415
+async def _read_now(config: GatewaySettings, device_name: str) -> int:
+    from drivers.factories import bus_driver_factory  # noqa: PLC0415
     from gateway.clock import SystemClock  # noqa: PLC0415
 
     device_config = next((d for d in config.devices if d.name == device_name), None)

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from gateway.buffer import Buffer
-from gateway.config.isolated import load_config_isolated, parse_config_isolated
-from gateway.config.model import GatewayConfig
+from gateway.config.isolated import parse_settings, read_settings
 from gateway.driver import PolledDevice, WritableDevice
 from gateway.errors import ConfigError, DeviceError, StorageError, WriteRefused
 from gateway.readings import DeviceInfo, PointInfo
+from gateway.settings import GatewaySettings
 from gateway.upstream.json_dialect import SCHEMA_VERSION, iso_utc_ms, to_json
 from gateway.upstream.messages import OutgoingMessage
 
@@ -84,7 +84,7 @@ class Reply:
 
 #: Asks the service to switch to a validated config; the command's id goes with it, so the
 #: outcome after the switch (or the rollback) is reported under it.
-RequestReload = Callable[[GatewayConfig, str], Awaitable[None]]
+RequestReload = Callable[[GatewaySettings, str], Awaitable[None]]
 
 
 class CommandHandler:
@@ -253,10 +253,10 @@ class CommandHandler:
                     raise CommandFailed(
                         "malformed", "no config file to reload: send the config in 'config'"
                     )
-                config = await asyncio.to_thread(load_config_isolated, self._config_path)
+                config = await asyncio.to_thread(read_settings, self._config_path)
             elif isinstance(text, str) and len(text.encode()) <= MAX_CONFIG_BYTES:
                 source = f"the config of command {command_id}"
-                config = await asyncio.to_thread(parse_config_isolated, text, source=source)
+                config = await asyncio.to_thread(parse_settings, text, source=source)
             else:
                 raise CommandFailed(
                     "malformed", f"'config' is the YAML text, at most {MAX_CONFIG_BYTES} bytes"
@@ -271,7 +271,7 @@ class CommandHandler:
         async def switch() -> None:
             await reload(config, command_id)
 
-        return {"config": config.config_hash(), "state": "reloading"}, switch
+        return {"config": config.config_hash, "state": "reloading"}, switch
 
 
 def command_topic(prefix: str, gateway_id: str) -> str:

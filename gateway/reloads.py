@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from gateway.clock import Clock
 from gateway.commands import command_topic, result_message
-from gateway.config.model import GatewayConfig
 from gateway.health import HealthRegistry
+from gateway.settings import GatewaySettings
 from gateway.upstream.messages import OutgoingMessage
 
 log = logging.getLogger(__name__)
@@ -31,11 +31,11 @@ _WATCH_EVERY = 0.2
 class Switch:
     """A config to run, and why."""
 
-    config: GatewayConfig
+    config: GatewaySettings
     #: The remote command that asked for it (its outcome is reported under this id).
     command_id: str | None = None
     #: Where to go back to when this config does not connect in time (None: nowhere).
-    fallback: GatewayConfig | None = None
+    fallback: GatewaySettings | None = None
     #: Set on a rollback: why the reload was undone.
     rolled_back: str | None = None
 
@@ -51,7 +51,7 @@ class Switch:
                 "error": {"code": "rolled_back", "message": self.rolled_back},
             }
         else:
-            outcome = {"ok": True, "result": {"state": "reloaded", "config": config.config_hash()}}
+            outcome = {"ok": True, "result": {"state": "reloaded", "config": config.config_hash}}
         return (
             result_message(topic, config.gateway.id, self.command_id, "reload", outcome, now_ms),
         )

@@ -20,15 +20,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from drivers.catalog import bus_driver_factory
+from drivers.factories import bus_driver_factory
 from gateway import version
 from gateway.backoff import Backoff
 from gateway.buffer import Buffer
 from gateway.clock import Clock, SystemClock, epoch_ms
 from gateway.commands import CommandHandler, RecentIds
-from gateway.config.fields import DeviceBase
-from gateway.config.isolated import load_config_isolated
-from gateway.config.model import GatewayConfig
+from gateway.config.isolated import read_settings
 from gateway.descriptions import Descriptions
 from gateway.driver import BusDriver, BusDriverFactory, PolledDevice, StreamingBusDriver
 from gateway.errors import ConfigError, StorageError
@@ -36,6 +34,7 @@ from gateway.health import HealthRegistry
 from gateway.readings import DeviceInfo, PointInfo
 from gateway.reloads import Switch, Switches, watch_for_rollback
 from gateway.scheduler import DevicePoller
+from gateway.settings import BusSettings, DeviceSettings, GatewaySettings
 from gateway.shutdown import Budget, Deadline, ShutdownRequest
 from gateway.sink import Sink
 from gateway.systemd import Notifier, report_to_systemd, watchdog_period
@@ -61,7 +60,7 @@ class _Part:
 
 
 async def run_gateway(
-    config: GatewayConfig,
+    config: GatewaySettings,
     shutdown: ShutdownRequest | None = None,
     clock: Clock | None = None,
     health: HealthRegistry | None = None,
@@ -182,7 +181,7 @@ async def _run_config(
             dialect = JsonDialect(
                 config.mqtt.topic_prefix,
                 config.gateway.id,
-                GatewayInfo(version(), config.config_hash(), lifetime.started_ms, described),
+                GatewayInfo(version(), config.config_hash, lifetime.started_ms, described),
                 descriptions,
             )
             forwarder = Forwarder(
@@ -256,7 +255,7 @@ async def _run_config(
     return next_config
 
 
-def _described(devices: Sequence[DeviceBase]) -> tuple[DeviceInfo, ...]:
+def _described(devices: Sequence[DeviceSettings]) -> tuple[DeviceInfo, ...]:
     """Each device's info, for the life of this config; equal lists of points (meters of one
     kind) as one tuple, not one per device (a 30-point meter's is 2.5 kB)."""
     lists: dict[tuple[PointInfo, ...], tuple[PointInfo, ...]] = {}
@@ -293,7 +292,7 @@ def _return_freed_memory() -> None:
 
 
 async def _discovery(
-    config: GatewayConfig, dialect: JsonDialect, described: Descriptions
+    config: GatewaySettings, dialect: JsonDialect, described: Descriptions
 ) -> Discovery | None:
     """Home Assistant discovery, when the config asks for it; what it announced before is
     kept beside the buffer."""
@@ -313,7 +312,7 @@ async def _discovery(
 
 
 def _command_handler(  # noqa: PLR0917 - what commands reach
-    config: GatewayConfig,
+    config: GatewaySettings,
     config_path: Path | None,
     polled: Mapping[str, PolledDevice],
     described: Sequence[DeviceInfo],
@@ -324,7 +323,7 @@ def _command_handler(  # noqa: PLR0917 - what commands reach
     if not config.commands.enabled:
         return None
 
-    async def request_reload(new: GatewayConfig, command_id: str) -> None:
+    async def request_reload(new: GatewaySettings, command_id: str) -> None:
         lifetime.switches.ask(Switch(new, command_id))
 
     return CommandHandler(
@@ -340,7 +339,7 @@ def _command_handler(  # noqa: PLR0917 - what commands reach
     )
 
 
-async def _reload(shutdown: ShutdownRequest, config_path: Path | None) -> GatewayConfig | None:
+async def _reload(shutdown: ShutdownRequest, config_path: Path | None) -> GatewaySettings | None:
     """On SIGHUP: the config file again, validated; None (and the reasons logged) if it cannot
     replace the running one."""
     shutdown.reload.clear()
@@ -348,8 +347,8 @@ async def _reload(shutdown: ShutdownRequest, config_path: Path | None) -> Gatewa
         log.warning("SIGHUP: no config file to reload (the config was not read from a file)")
         return None
     try:
-        # File I/O, a child process and pydantic: off the event loop.
-        return await asyncio.to_thread(load_config_isolated, config_path)
+        # File I/O and a child process: off the event loop.
+        return await asyncio.to_thread(read_settings, config_path)
     except ConfigError as exc:
         log.error(  # noqa: TRY400 - the problems are the message; a traceback adds nothing
             "SIGHUP: %s is not valid, the running config stays:\n  %s",
@@ -359,7 +358,7 @@ async def _reload(shutdown: ShutdownRequest, config_path: Path | None) -> Gatewa
         return None
 
 
-async def _start_line(config: GatewayConfig, buffer: Buffer) -> str:
+async def _start_line(config: GatewaySettings, buffer: Buffer) -> str:
     """What a technician reading the journal wants first: where it sends, what it polls, and
     what waits from before."""
     try:
@@ -375,7 +374,7 @@ async def _start_line(config: GatewayConfig, buffer: Buffer) -> str:
 
 
 async def _open_buses(  # noqa: PLR0917 - one caller, each argument a different part
-    config: GatewayConfig,
+    config: GatewaySettings,
     drivers: Callable[[str], BusDriverFactory],
     buses: contextlib.AsyncExitStack,
     sink: Sink,
@@ -415,8 +414,8 @@ async def _open_buses(  # noqa: PLR0917 - one caller, each argument a different 
 
 
 async def _open_bus(
-    bus_config: Any,
-    devices: Sequence[Any],
+    bus_config: BusSettings,
+    devices: Sequence[DeviceSettings],
     drivers: Callable[[str], BusDriverFactory],
     buses: contextlib.AsyncExitStack,
     clock: Clock,
@@ -431,8 +430,8 @@ class _BusParts:
 
     def __init__(  # noqa: PLR0917 - one caller
         self,
-        bus_config: Any,
-        devices: Sequence[Any],
+        bus_config: BusSettings,
+        devices: Sequence[DeviceSettings],
         sink: Sink,
         clock: Clock,
         stop: asyncio.Event,
@@ -507,7 +506,7 @@ async def _serve(
     ending: asyncio.Event,
     shutdown: ShutdownRequest,
     clock: Clock,
-    reload: Callable[[], Awaitable[GatewayConfig | None]],
+    reload: Callable[[], Awaitable[GatewaySettings | None]],
     watch: Callable[[], Coroutine[Any, Any, None]],
     switches: Switches,
 ) -> tuple[Switch | None, Deadline]:

@@ -67,7 +67,7 @@ class GatewaySectionSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TlsSettings:
+class MqttTlsSettings:
     ca_file: Path | None
     cert_file: Path | None
     key_file: Path | None
@@ -87,7 +87,7 @@ class MqttSettings:
     username: str | None
     password_file: Path | None
     password_credential: str | None
-    tls: TlsSettings | None
+    tls: MqttTlsSettings | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

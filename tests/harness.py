@@ -16,6 +16,10 @@ from pathlib import Path
 from fieldgate_sim.fleet import FleetSubscriber
 from fieldgate_sim.processes import terminate
 
+from gateway.config.handover import to_settings
+from gateway.config.loader import parse_config
+from gateway.settings import GatewaySettings
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -117,6 +121,11 @@ class GatewayProcess:
                 return True
             time.sleep(0.05)
         return False
+
+
+def settings_from_text(text: str) -> GatewaySettings:
+    """A config's settings, as `fieldgate run` holds them (validated here, not in a child)."""
+    return to_settings(parse_config(text))
 
 
 def wait_until(condition: Callable[[], bool], timeout: float) -> bool:

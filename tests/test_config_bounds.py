@@ -20,11 +20,11 @@ from gateway.config.fields import (
     parse_size,
 )
 from gateway.config.loader import (
-    MAX_FILE_BYTES,
     STATE_DIRECTORY,
     config_json_schema,
     parse_config,
 )
+from gateway.config.source import MAX_FILE_BYTES
 from gateway.errors import ConfigError
 from tests.harness import REPO
 from tests.wire import dialect as wire_dialect

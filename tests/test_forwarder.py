@@ -19,6 +19,7 @@ from fieldgate_sim.mosquitto import MosquittoBroker
 
 from gateway.buffer import Buffer, BufferStats, ReadingStore
 from gateway.clock import SystemClock
+from gateway.config.handover import settings_of
 from gateway.config.model import MqttConfig
 from gateway.errors import StorageDeferred
 from gateway.events import EventKind
@@ -66,8 +67,10 @@ class Parts:
         self.buffer = buffer
         self.uplink = PartHealth("the uplink", "readings stay buffered")
         self.storage = PartHealth("the buffer", "readings are not deleted or sent")
-        config = MqttConfig(
-            host=broker.host, port=broker.port, keepalive=5, max_inflight=20, reconnect_max=0.5
+        config = settings_of(
+            MqttConfig(
+                host=broker.host, port=broker.port, keepalive=5, max_inflight=20, reconnect_max=0.5
+            )
         )
         self.forwarder = Forwarder(
             config,
@@ -323,7 +326,9 @@ async def test_live_readings_overtake_a_paced_backlog_marked_historical(
         parts = Parts(broker, buffer, path)
         # A slow pace, so that the backlog is still draining when live readings come.
         parts.forwarder = Forwarder(
-            MqttConfig(host=broker.host, port=broker.port, max_inflight=5, reconnect_max=0.5),
+            settings_of(
+                MqttConfig(host=broker.host, port=broker.port, max_inflight=5, reconnect_max=0.5)
+            ),
             wire_dialect("fieldgate", "gw-f"),
             buffer,
             SystemClock(),

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.catalog import bus_driver_factory
+from drivers.factories import bus_driver_factory
 from drivers.host.config import HostDevice, HostMetric
 from drivers.host.driver import HostSystem
 from drivers.host.sources import THROTTLED_BITS, decode_throttled, parse_vcgencmd_throttled

@@ -24,7 +24,7 @@ from gateway.health import HealthRegistry
 from gateway.readings import PointValue, Reading
 from gateway.service import run_gateway
 from gateway.shutdown import ShutdownRequest
-from tests.harness import REPO
+from tests.harness import REPO, settings_from_text
 from tests.own_drivers import OwnBus, own_drivers
 from tests.wire import CheckedFleet
 
@@ -68,7 +68,7 @@ async def test_metrics_show_devices_buffer_and_uplink_and_the_health_message_too
     broker: MosquittoBroker, fleet: CheckedFleet, tmp_path: Path
 ):
     port = free_port()
-    config = parse_config(
+    config = settings_from_text(
         "gateway: {id: gw-metrics, stop_timeout: 5s}\n"
         f"mqtt: {{host: 127.0.0.1, port: {broker.port}, reconnect_max: 1s}}\n"
         f"buffer: {{path: {tmp_path / 'b.db'}}}\n"
@@ -156,7 +156,7 @@ async def test_metrics_count_requests_timeouts_and_errors_per_bus_and_unit(
         server.set_faults(2, Faults(silent=True))
         server.set_faults(3, Faults(garbage=True))
         port = free_port()
-        config = parse_config(
+        config = settings_from_text(
             "gateway: {id: gw-metrics, stop_timeout: 5s}\n"
             f"mqtt: {{host: 127.0.0.1, port: {broker.port}, reconnect_max: 1s}}\n"
             f"buffer: {{path: {tmp_path / 'b.db'}}}\n"

@@ -15,20 +15,19 @@ import pytest
 from fieldgate_sim.mosquitto import MosquittoBroker
 
 from gateway.clock import Clock, SystemClock, epoch_ms
-from gateway.config.loader import parse_config
-from gateway.config.model import GatewayConfig
 from gateway.driver import PolledDevice, ReadingSink
 from gateway.health import HealthRegistry
 from gateway.readings import PointValue, Reading
 from gateway.service import _described, run_gateway
+from gateway.settings import GatewaySettings
 from gateway.shutdown import ShutdownRequest
-from tests.harness import reading_seqs
+from tests.harness import reading_seqs, settings_from_text
 from tests.own_drivers import OwnBus, own_drivers
 from tests.wire import CheckedFleet
 
 
-def config(broker_port: int, buffer: Path) -> GatewayConfig:
-    return parse_config(
+def config(broker_port: int, buffer: Path) -> GatewaySettings:
+    return settings_from_text(
         f"""\
 gateway: {{id: gw-service, stop_timeout: 5s}}
 mqtt: {{host: 127.0.0.1, port: {broker_port}, reconnect_max: 1s}}
@@ -167,7 +166,7 @@ async def test_a_bus_that_fails_to_open_costs_its_devices_only_and_is_opened_on_
         polled = [Polled(d.name, clock, buggy=False) for d in devices]
         return FailsToOpen(polled, failures=2) if config.name == "radio" else OwnBus(polled)
 
-    gateway_config = parse_config(
+    gateway_config = settings_from_text(
         f"""\
 gateway: {{id: gw-service, stop_timeout: 5s}}
 mqtt: {{host: 127.0.0.1, port: {broker.port}, reconnect_max: 1s}}
@@ -225,7 +224,7 @@ def test_meters_of_one_kind_share_their_described_points():
         f"  - {{name: m{n}, bus: lan, unit_id: {n + 1}, template: eastron-sdm630}}\n"
         for n in range(3)
     )
-    config = parse_config(
+    config = settings_from_text(
         "gateway: {id: g}\nmqtt: {host: broker}\n"
         "buses: [{name: lan, type: modbus_tcp, host: 10.0.0.5}]\n"
         f"devices:\n{devices}"

@@ -22,13 +22,12 @@ from fieldgate_sim.mosquitto import MosquittoBroker
 
 from gateway.clock import Clock, SystemClock, epoch_ms
 from gateway.config.fields import parse_duration
-from gateway.config.loader import parse_config
 from gateway.config.model import GatewaySection
 from gateway.readings import PointValue, Reading
 from gateway.service import run_gateway
 from gateway.shutdown import ShutdownRequest
 from gateway.systemd import WatchdogState, earned_ping, watchdog_period
-from tests.harness import REPO, gateway_yaml
+from tests.harness import REPO, gateway_yaml, settings_from_text
 from tests.own_drivers import OwnBus, own_drivers
 
 UNIT = REPO / "systemd" / "fieldgate.service"
@@ -200,7 +199,7 @@ async def test_watchdog_pings_while_healthy_and_not_while_the_loop_is_blocked(
             blockers.extend(Blocker(d.name, clock, notify_path) for d in devices)
             return OwnBus(blockers)
 
-        config = parse_config(
+        config = settings_from_text(
             "gateway: {id: gw-watchdog, stop_timeout: 5s}\n"
             # Nothing listens on port 9: the uplink is down, which does not stop the pings.
             "mqtt: {host: 127.0.0.1, port: 9, reconnect_max: 1s}\n"

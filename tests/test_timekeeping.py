@@ -17,6 +17,7 @@ from fieldgate_sim.mosquitto import MosquittoBroker
 
 from gateway.buffer import Buffer, ReadingStore
 from gateway.clock import SystemClock, epoch_ms
+from gateway.config.handover import settings_of
 from gateway.config.model import MqttConfig
 from gateway.health import HealthRegistry, PartHealth
 from gateway.readings import BufferedReading, PointValue, Reading, Unsynchronised
@@ -248,7 +249,7 @@ def test_a_file_from_before_timekeeping_is_migrated_at_open(tmp_path: Path) -> N
 
 def forwarder_to(broker: MosquittoBroker, buffer: Buffer) -> Forwarder:
     return Forwarder(
-        MqttConfig(host=broker.host, port=broker.port, keepalive=5, reconnect_max=0.5),
+        settings_of(MqttConfig(host=broker.host, port=broker.port, keepalive=5, reconnect_max=0.5)),
         wire_dialect("fieldgate", "gw-t"),
         buffer,
         SystemClock(),

@@ -30,6 +30,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
 from gateway.readings import DeviceInfo
+from gateway.settings import BusSettings, DeviceSettings
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -432,9 +433,14 @@ DatabasePath = Annotated[
 
 
 class StrictModel(BaseModel):
-    """Unknown keys are errors and nothing is coerced silently: a typo must not be ignored."""
+    """Unknown keys are errors and nothing is coerced silently: a typo must not be ignored.
+
+    Every model names its ``settings``: the plain frozen dataclass of the same fields that the
+    running gateway holds instead of the model (see :mod:`gateway.settings`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+    settings: ClassVar[type[Any]]
 
 
 #: The validation context's key for the table of :func:`shared`.
@@ -471,6 +477,7 @@ class DeviceBase(StrictModel):
         default=10.0, description="How often to poll; polls align to the wall clock"
     )
 
+    settings: ClassVar[type[Any]] = DeviceSettings
     #: The kind of device, as the fleet sees it in the birth and the device's description.
     kind: ClassVar[str] = "device"
 
@@ -483,6 +490,8 @@ class BusBase(StrictModel):
     """What every bus has: a unique name that devices refer to."""
 
     name: Name = Field(description="Unique bus name; devices refer to it with `bus:`")
+
+    settings: ClassVar[type[Any]] = BusSettings
 
     #: The device model this kind of bus reaches; the config checks every device against it.
     device_model: ClassVar[type[DeviceBase]] = DeviceBase

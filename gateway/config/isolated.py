@@ -1,18 +1,18 @@
 """Reading the config file in a short-lived child process, for the process that runs it.
 
-Composing YAML allocates tens of thousands of short-lived objects (tokens, events, nodes, the
-line of every key path), and the config models are allocated among them. Freed, they leave the
-long-lived process's memory fragmented for its life: a site of 100 meters with their 30 points
-listed held +15 MB of RSS that way. So ``run`` and its reloads have a child read, compose and
-validate the text (every mistake named with its line, exactly as ``check`` does) and hand back
-the plain data it validated (in :mod:`marshal`'s format: built in, where importing pickle
-would cost this process 0.2 MB); this process validates that data again, which allocates the
-models and little else.
+The running gateway holds its config as settings (:mod:`gateway.settings`), never as the
+pydantic models that validate it: importing pydantic and YAML, building the validators and
+composing the document would cost this process about 13 MB for its life, and the tens of
+thousands of short-lived objects composing allocates leave its memory fragmented besides. So
+``run`` and its reloads have a child read, compose and validate the text (every mistake named
+with its line, exactly as ``check`` does) and hand back the settings as a tree of plain data (in
+:mod:`marshal`'s format: built in, where importing pickle would cost this process 0.2 MB).
 
-The child is a convenience, not a dependency: if it cannot start, dies, holds data marshal
-cannot carry (a YAML timestamp), or hands back data this process does not accept (it should
-never), the text is read here instead. Same config,
-same errors; only more memory.
+The child is a convenience, not a dependency: if it cannot start, dies, or hands back a tree
+this process cannot build, the text is read here instead, models and all. Same config, same
+errors; only more memory.
+
+This module imports neither pydantic nor YAML, but in the child and in that fallback.
 
     python -m gateway.config.isolated SOURCE < config.yaml   # the child: its answer on stdout
 """
@@ -26,47 +26,47 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from gateway.config.fields import sharing_context
-from gateway.config.loader import parse_config, read_config_text, read_document, validate_document
-from gateway.config.model import GatewayConfig
+from gateway.config.source import read_config_text
 from gateway.errors import ConfigError
+from gateway.settings import GatewaySettings, settings_from_tree
 
 log = logging.getLogger(__name__)
 
 #: Starting Python, importing the models and validating a large site takes a few seconds on a
 #: Raspberry Pi; a child still running after this is stuck, and the text is read here instead.
 CHILD_TIMEOUT = 60.0
-#: What the child answers: the data it validated, or the lines of its mistakes.
-_KINDS = frozenset({"config", "problems"})
+#: What the child answers: the settings it validated, or the lines of its mistakes.
+_KINDS = frozenset({"settings", "problems"})
 
 
-def load_config_isolated(path: Path) -> GatewayConfig:
-    """:func:`gateway.config.loader.load_config`, the YAML read in a child process."""
-    return parse_config_isolated(read_config_text(path), source=str(path))
+def read_settings(path: Path) -> GatewaySettings:
+    """The settings of the config file ``path``. Raises :class:`ConfigError` listing every
+    mistake found, as ``check`` does."""
+    return parse_settings(read_config_text(path), source=str(path))
 
 
-def parse_config_isolated(text: str, source: str = "<config>") -> GatewayConfig:
-    """:func:`gateway.config.loader.parse_config`, the YAML read in a child process."""
+def parse_settings(text: str, source: str = "<config>") -> GatewaySettings:
+    """The settings of config ``text`` (``source`` names it in errors)."""
     answer = _ask_child(text, source)
     if answer is not None:
         kind, value = answer
         if kind == "problems":
-            raise ConfigError(list(value))
+            raise ConfigError([str(line) for line in value])
         try:
-            config = GatewayConfig.model_validate(value, context=sharing_context())
-        except ValidationError:
-            log.debug("the child's config data did not validate here; reading %s here", source)
-        else:
-            if not config.reference_problems():
-                return config
-    return parse_config(text, source)
+            return settings_from_tree(value)
+        except (TypeError, ValueError, ImportError, AttributeError) as exc:
+            log.debug("the config reader's settings did not build here (%r)", exc)
+    log.debug("reading %s in this process", source)
+    # Imported only now: see the module's docstring.
+    from gateway.config.handover import to_settings  # noqa: PLC0415
+    from gateway.config.loader import parse_config  # noqa: PLC0415
+
+    return to_settings(parse_config(text, source))
 
 
 def _ask_child(text: str, source: str) -> tuple[str, Any] | None:
-    """The child's answer: ``("config", plain data)`` or ``("problems", lines)``; ``None``
-    when there is no answer to trust."""
+    """The child's answer: ``("settings", tree)`` or ``("problems", lines)``; ``None`` when
+    there is no answer to trust."""
     try:
         # -P: the working directory is not put on the module path (`-m` would), so whatever
         # lies where the gateway was started from cannot stand in for our module.
@@ -78,40 +78,38 @@ def _ask_child(text: str, source: str) -> tuple[str, Any] | None:
             check=False,
         )
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
-        log.debug("the config reader could not run (%r); reading %s here", exc, source)
+        log.debug("the config reader could not run (%r)", exc)
         return None
     if done.returncode != 0:
         log.debug(
-            "the config reader ended with %d (%s); reading %s here",
+            "the config reader ended with %d (%s)",
             done.returncode,
             done.stderr.decode(errors="replace")[-500:],
-            source,
         )
         return None
     try:
         # The bytes come from our own module in a child we started, never from outside.
         answer = marshal.loads(done.stdout)  # noqa: S302
     except (EOFError, ValueError, TypeError) as exc:
-        log.debug("the config reader's answer is unreadable (%r); reading %s here", exc, source)
+        log.debug("the config reader's answer is unreadable (%r)", exc)
         return None
     if not isinstance(answer, tuple) or len(answer) != 2 or answer[0] not in _KINDS:
-        log.debug("the config reader could not hand %s over; reading it here", source)
+        log.debug("the config reader could not hand %s over", source)
         return None
     return str(answer[0]), answer[1]
 
 
 def _child(source: str) -> int:
+    from gateway.config.handover import settings_tree  # noqa: PLC0415
+    from gateway.config.loader import parse_config  # noqa: PLC0415
+
     text = sys.stdin.buffer.read().decode("utf-8")
     try:
-        located = read_document(text, source)
-        # The data as composed, before validating: what validation saw, whatever it did to it.
-        try:
-            answer = marshal.dumps(("config", located.data))
-        except ValueError:  # a date or time (YAML's timestamps): the parent reads the text
-            answer = marshal.dumps(("unsent",))
-        validate_document(located, source)
+        config = parse_config(text, source)
     except ConfigError as exc:
         answer = marshal.dumps(("problems", exc.problems))
+    else:
+        answer = marshal.dumps(("settings", settings_tree(config)))
     sys.stdout.buffer.write(answer)
     return 0
 

@@ -24,13 +24,11 @@ from pydantic_core import ErrorDetails
 
 from gateway.config.fields import DeviceBase, brief, sharing_context
 from gateway.config.model import GatewayConfig
+from gateway.config.source import MAX_FILE_BYTES, read_config_text, too_large
 from gateway.errors import ConfigError
 
 KeyPath = tuple[str | int, ...]
 
-#: A config is a few kilobytes; a large site's (300 meters of 60 points, one key a line) is under
-#: 2 MiB. A bigger file is not a config (a log, an image), and parsing it would hold the start.
-MAX_FILE_BYTES = 2 * 2**20
 #: A config nests 6 levels deep (devices[0].points[0].name). The cap keeps PyYAML's recursive
 #: composer, this reader and pydantic far from Python's recursion limit.
 MAX_DEPTH = 32
@@ -71,7 +69,7 @@ def read_document(text: str, source: str = "<config>") -> Located:
     """``text`` composed into plain data (and the line of every key path), with what YAML
     itself can get wrong (syntax, size, nesting, tags) raised as :class:`ConfigError`."""
     if len(text) > MAX_FILE_BYTES:
-        raise ConfigError([_too_large(source)])
+        raise ConfigError([too_large(source)])
     located = _compose(text, source)
     if not isinstance(located.data, dict):
         raise ConfigError(
@@ -135,29 +133,6 @@ def config_json_schema() -> dict[str, Any]:
 
 def config_json_schema_text() -> str:
     return json.dumps(config_json_schema(), indent=2, sort_keys=True) + "\n"
-
-
-def read_config_text(path: Path) -> str:
-    try:
-        with path.open("rb") as file:
-            # One byte past the cap tells "too large" without reading all of a huge file (or of
-            # /dev/zero).
-            raw = file.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror}"]) from exc
-    if len(raw) > MAX_FILE_BYTES:
-        raise ConfigError([_too_large(str(path))])
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"{path}: not a UTF-8 text file ({exc.reason})"]) from exc
-
-
-def _too_large(source: str) -> str:
-    return (
-        f"{source}: the file is larger than {MAX_FILE_BYTES // 2**20} MiB; a config is a few "
-        "kilobytes. Is it the right file?"
-    )
 
 
 class _TooDeep(Exception):

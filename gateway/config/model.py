@@ -7,7 +7,7 @@ import json
 import typing
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     Discriminator,
@@ -35,9 +35,22 @@ from gateway.config.fields import (
     StrictModel,
     TopicPrefix,
 )
+from gateway.settings import (
+    BufferSettings,
+    CommandsSettings,
+    GatewaySectionSettings,
+    GatewaySettings,
+    HealthSettings,
+    HomeAssistantSettings,
+    MetricsSettings,
+    MqttSettings,
+    MqttTlsSettings,
+)
 
 
 class GatewaySection(StrictModel):
+    settings: ClassVar[type[Any]] = GatewaySectionSettings
+
     id: Name = Field(description="This gateway's id: unique in the fleet, a level of every topic")
     stop_timeout: Annotated[Duration, DurationBounds(at_most=3600.0)] = Field(
         default=5.0,
@@ -58,6 +71,8 @@ class GatewaySection(StrictModel):
 
 class MqttTls(StrictModel):
     """TLS to the broker. The broker's certificate chain is always verified."""
+
+    settings: ClassVar[type[Any]] = MqttTlsSettings
 
     ca_file: LocalPath | None = Field(
         default=None, description="CA certificate(s) (PEM); default: the system's CA store"
@@ -80,6 +95,8 @@ class MqttTls(StrictModel):
 
 class MqttConfig(StrictModel):
     """The upstream broker."""
+
+    settings: ClassVar[type[Any]] = MqttSettings
 
     host: HostName = Field(description="Broker host name or IP address")
     port: int = Field(default=1883, ge=1, le=65535)
@@ -128,6 +145,8 @@ class MqttConfig(StrictModel):
 
 class BufferConfig(StrictModel):
     """The local store-and-forward buffer."""
+
+    settings: ClassVar[type[Any]] = BufferSettings
 
     path: DatabasePath = Field(
         default=Path("/var/lib/fieldgate/buffer.db"), description="SQLite file of the buffer"
@@ -183,6 +202,8 @@ def _device_tag(device: Any) -> str | None:
 class MetricsConfig(StrictModel):
     """Prometheus metrics over HTTP (GET /metrics)."""
 
+    settings: ClassVar[type[Any]] = MetricsSettings
+
     listen: IpAddress = Field(
         default="127.0.0.1",
         description="Address to listen on: localhost by default; 0.0.0.0 exposes it to the LAN",
@@ -193,6 +214,8 @@ class MetricsConfig(StrictModel):
 class HealthConfig(StrictModel):
     """The periodic health message on <prefix>/<gateway>/health (retained)."""
 
+    settings: ClassVar[type[Any]] = HealthSettings
+
     interval: PeriodOrOff = Field(
         default=60.0,
         description="How often to publish it (and once on every connection); 0 turns it off",
@@ -201,6 +224,8 @@ class HealthConfig(StrictModel):
 
 class CommandsConfig(StrictModel):
     """Remote commands on <prefix>/<gateway>/commands (results on .../commands/result)."""
+
+    settings: ClassVar[type[Any]] = CommandsSettings
 
     enabled: bool = Field(
         default=False,
@@ -218,6 +243,8 @@ class CommandsConfig(StrictModel):
 class HomeAssistantConfig(StrictModel):
     """Home Assistant MQTT discovery: a sensor per point, grouped by device."""
 
+    settings: ClassVar[type[Any]] = HomeAssistantSettings
+
     discovery: bool = Field(default=False, description="Announce every point to Home Assistant")
     prefix: TopicPrefix = Field(
         default="homeassistant", description="Home Assistant's discovery prefix"
@@ -226,6 +253,8 @@ class HomeAssistantConfig(StrictModel):
 
 class GatewayConfig(StrictModel):
     """A fieldgate configuration file."""
+
+    settings: ClassVar[type[Any]] = GatewaySettings
 
     gateway: GatewaySection
     mqtt: MqttConfig

@@ -32,11 +32,11 @@ from gateway.backoff import Backoff
 from gateway.buffer import Buffer, BufferStats
 from gateway.clock import Clock, epoch_ms
 from gateway.commands import CommandHandler
-from gateway.config.model import MqttConfig
 from gateway.errors import StorageError, SubscriptionRefused, UplinkError
 from gateway.events import BufferedEvent
 from gateway.health import HealthRegistry, PartHealth, UplinkCounts
 from gateway.readings import BufferedReading
+from gateway.settings import MqttSettings
 from gateway.upstream.dialect import Dialect
 from gateway.upstream.homeassistant import Discovery
 from gateway.upstream.messages import OutgoingMessage
@@ -87,7 +87,7 @@ class Forwarder:
 
     def __init__(  # noqa: PLR0917 - the parts it joins, in the order the service has them
         self,
-        config: MqttConfig,
+        config: MqttSettings,
         dialect: Dialect,
         buffer: Buffer,
         clock: Clock,

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.config.model import MqttConfig
 from gateway.errors import BrokerRefused
+from gateway.settings import MqttSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,14 +130,14 @@ def describe_tls_failure(exc: ssl.SSLError, host: str) -> str:
     return f"TLS failed: {exc.reason or text}"
 
 
-def tls_settings(config: MqttConfig) -> TlsSettings | None:
+def tls_settings(config: MqttSettings) -> TlsSettings | None:
     tls = config.tls
     if tls is None:
         return None
     return TlsSettings(tls.ca_file, tls.cert_file, tls.key_file, tls.verify_hostname)
 
 
-def password_source(config: MqttConfig) -> PasswordSource | None:
+def password_source(config: MqttSettings) -> PasswordSource | None:
     if config.password_file is None and config.password_credential is None:
         return None
     return PasswordSource(config.password_file, config.password_credential)
