@@ -1,7 +1,8 @@
 """The ``fieldgate`` command: run, check, read, schema.
 
 Imports only what every command needs at the top: ``run`` must catch a stop signal from its
-first moments, before the config models (pydantic, the drivers' catalog) have been imported.
+first moments, and never imports the config models at all (pydantic, YAML, the drivers'
+catalog): it reads its config as settings (see gateway.config.isolated).
 """
 
 from __future__ import annotations

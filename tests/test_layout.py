@@ -18,6 +18,10 @@ DRIVER_MAY_IMPORT_FROM_CORE = {
     "gateway.backoff",
     "gateway.driver",
     "gateway.config.fields",
+    # What a running bus gets of its config: settings (gateway/settings.py), not models.
+    "gateway.settings",
+    # The tools (scan, probe) validate a bus's model, then open the bus with its settings.
+    "gateway.config.handover",
 }
 #: Libraries outside the standard library that drivers may use (yaml: meter templates are YAML
 #: data shipped with the Modbus driver; habluetooth: the advertisement model the BLE parsers take,
@@ -45,8 +49,10 @@ CORE_LIBRARY_ROOMS = {
     "sqlite_utils": {"gateway/buffer_report.py"},
     # The JSON dialect's encoder (issue 11: a fifteenth of the stdlib's CPU per reading).
     "orjson": {"gateway/upstream/json_dialect.py"},
-    # The one table of drivers, for the config models and for opening buses by type.
-    "drivers.catalog": {"gateway/config/model.py", "gateway/service.py", "gateway/cli.py"},
+    # The one table of drivers' config models, and the tools.
+    "drivers.catalog": {"gateway/config/model.py", "gateway/cli.py"},
+    # Which module opens a bus of each type (free of pydantic, for the running gateway).
+    "drivers.factories": {"gateway/service.py", "gateway/cli.py"},
 }
 #: What a dialect (pure: no I/O) may import.
 #: hashlib: a layout's id is a hash of its points (pure, no I/O). orjson: an encoder.
