@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.buffer import Buffer
-from gateway.config.isolated import parse_settings, read_settings
+from gateway.config.isolated import parse_settings_async, read_settings_async
 from gateway.driver import PolledDevice, WritableDevice
 from gateway.errors import ConfigError, DeviceError, StorageError, WriteRefused
 from gateway.readings import DeviceInfo, PointInfo
@@ -253,10 +253,10 @@ class CommandHandler:
                     raise CommandFailed(
                         "malformed", "no config file to reload: send the config in 'config'"
                     )
-                config = await asyncio.to_thread(read_settings, self._config_path)
+                config = await read_settings_async(self._config_path)
             elif isinstance(text, str) and len(text.encode()) <= MAX_CONFIG_BYTES:
                 source = f"the config of command {command_id}"
-                config = await asyncio.to_thread(parse_settings, text, source=source)
+                config = await parse_settings_async(text, source=source)
             else:
                 raise CommandFailed(
                     "malformed", f"'config' is the YAML text, at most {MAX_CONFIG_BYTES} bytes"

@@ -26,7 +26,7 @@ from gateway.backoff import Backoff
 from gateway.buffer import Buffer
 from gateway.clock import Clock, SystemClock, epoch_ms
 from gateway.commands import CommandHandler, RecentIds
-from gateway.config.isolated import read_settings
+from gateway.config.isolated import read_settings_async
 from gateway.descriptions import Descriptions
 from gateway.driver import BusDriver, BusDriverFactory, PolledDevice, StreamingBusDriver
 from gateway.errors import ConfigError, StorageError
@@ -347,8 +347,7 @@ async def _reload(shutdown: ShutdownRequest, config_path: Path | None) -> Gatewa
         log.warning("SIGHUP: no config file to reload (the config was not read from a file)")
         return None
     try:
-        # File I/O and a child process: off the event loop.
-        return await asyncio.to_thread(read_settings, config_path)
+        return await read_settings_async(config_path)
     except ConfigError as exc:
         log.error(  # noqa: TRY400 - the problems are the message; a traceback adds nothing
             "SIGHUP: %s is not valid, the running config stays:\n  %s",
@@ -506,7 +505,7 @@ async def _serve(
     ending: asyncio.Event,
     shutdown: ShutdownRequest,
     clock: Clock,
-    reload: Callable[[], Awaitable[GatewaySettings | None]],
+    reload: Callable[[], Coroutine[Any, Any, GatewaySettings | None]],
     watch: Callable[[], Coroutine[Any, Any, None]],
     switches: Switches,
 ) -> tuple[Switch | None, Deadline]:
@@ -530,7 +529,7 @@ async def _serve(
                 break
             next_config = switches.take()
             if next_config is None and shutdown.reload.is_set():
-                reloaded = await reload()
+                reloaded = await _unless_stopped(reload(), stop)
                 next_config = Switch(reloaded) if reloaded is not None else None
     finally:
         # Also when we are cancelled ourselves: no task outlives its owner, and the bound holds.
@@ -553,6 +552,22 @@ async def _serve(
             await _bounded(forwarder.say_goodbye(goodbye), deadline, "the goodbye to the broker")
         await _stop_tasks({uplink}, deadline)
     return next_config, deadline
+
+
+async def _unless_stopped(
+    reading: Coroutine[Any, Any, GatewaySettings | None], stop: asyncio.Event
+) -> GatewaySettings | None:
+    """The config a reload reads, unless a stop comes first: then the reading is cancelled
+    (its child ended) and the stop is not kept waiting for it."""
+    task = asyncio.create_task(reading, name="reading the config")
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in (task, stopped):
+            waiting.cancel()
+        await asyncio.gather(task, stopped, return_exceptions=True)
+    return None if task.cancelled() else task.result()
 
 
 async def _first_of(*events: asyncio.Event) -> None:

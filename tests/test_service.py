@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 from fieldgate_sim.mosquitto import MosquittoBroker
 
 from gateway.clock import Clock, SystemClock, epoch_ms
+from gateway.config import isolated
 from gateway.driver import PolledDevice, ReadingSink
 from gateway.health import HealthRegistry
 from gateway.readings import PointValue, Reading
@@ -233,3 +236,53 @@ def test_meters_of_one_kind_share_their_described_points():
     assert list(described) == [device.info() for device in config.devices]
     assert len({id(info.points) for info in described}) == 1
     assert len(described[0].points) == 32  # the template's points
+
+
+async def test_a_stop_during_a_reload_ends_the_config_reader_instead_of_waiting_for_it(
+    broker: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    text = (
+        "gateway: {id: gw-service, stop_timeout: 5s}\n"
+        f"mqtt: {{host: 127.0.0.1, port: {broker.port}, reconnect_max: 1s}}\n"
+        f"buffer: {{path: {tmp_path / 'b.db'}}}\n"
+        "buses: [{name: box, type: host}]\n"
+        "devices: [{name: steady, bus: box, interval: 100ms}]\n"
+    )
+    path = tmp_path / "fieldgate.yaml"
+    path.write_text(text)
+    # A config reader that never answers (as one stuck on a loaded box would not, for a while).
+    pid_file = tmp_path / "reader.pid"
+    stuck = tmp_path / "stuck-reader"
+    stuck.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 600\n")
+    stuck.chmod(0o755)
+    monkeypatch.setattr(isolated, "CHILD_TIMEOUT", 3600.0)
+
+    def open_bus(_config: Any, devices: Sequence[Any], clock: Clock) -> OwnBus:
+        return OwnBus([Polled(d.name, clock, buggy=False) for d in devices])
+
+    shutdown = ShutdownRequest()
+    with CheckedFleet(broker.port) as fleet:
+        run = asyncio.create_task(
+            run_gateway(
+                settings_from_text(text),
+                shutdown,
+                SystemClock(),
+                drivers=own_drivers(open_bus),
+                config_path=path,
+            )
+        )
+        async with asyncio.timeout(60):
+            while not fleet.readings():
+                assert not run.done(), "the gateway ended"
+                await asyncio.sleep(0.05)
+            monkeypatch.setattr(sys, "executable", str(stuck))
+            shutdown.reload.set()  # what SIGHUP does
+            while not pid_file.exists() or not pid_file.read_text().strip():
+                assert not run.done(), "the gateway ended"
+                await asyncio.sleep(0.05)
+        reader = int(pid_file.read_text())
+        shutdown.request()
+        async with asyncio.timeout(30):  # the reader would hold a stop for 10 minutes
+            await run
+    with pytest.raises(ProcessLookupError):
+        os.kill(reader, 0)  # ended and reaped, not left behind

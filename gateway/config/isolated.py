@@ -19,12 +19,13 @@ This module imports neither pydantic nor YAML, but in the child and in that fall
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import marshal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from gateway.config.source import read_config_text
 from gateway.errors import ConfigError
@@ -35,43 +36,24 @@ log = logging.getLogger(__name__)
 #: Starting Python, importing the models and validating a large site takes a few seconds on a
 #: Raspberry Pi; a child still running after this is stuck, and the text is read here instead.
 CHILD_TIMEOUT = 60.0
+#: A killed child is gone within moments; a stop does not wait longer for it to be reaped.
+_KILLED_EXIT = 1.0
 #: What the child answers: the settings it validated, or the lines of its mistakes.
 _KINDS = frozenset({"settings", "problems"})
 
 
 def read_settings(path: Path) -> GatewaySettings:
     """The settings of the config file ``path``. Raises :class:`ConfigError` listing every
-    mistake found, as ``check`` does."""
+    mistake found, as ``check`` does. For ``run``'s start; a running gateway awaits
+    :func:`read_settings_async`."""
     return parse_settings(read_config_text(path), source=str(path))
 
 
 def parse_settings(text: str, source: str = "<config>") -> GatewaySettings:
     """The settings of config ``text`` (``source`` names it in errors)."""
-    answer = _ask_child(text, source)
-    if answer is not None:
-        kind, value = answer
-        if kind == "problems":
-            raise ConfigError([str(line) for line in value])
-        try:
-            return settings_from_tree(value)
-        except (TypeError, ValueError, ImportError, AttributeError) as exc:
-            log.debug("the config reader's settings did not build here (%r)", exc)
-    log.debug("reading %s in this process", source)
-    # Imported only now: see the module's docstring.
-    from gateway.config.handover import to_settings  # noqa: PLC0415
-    from gateway.config.loader import parse_config  # noqa: PLC0415
-
-    return to_settings(parse_config(text, source))
-
-
-def _ask_child(text: str, source: str) -> tuple[str, Any] | None:
-    """The child's answer: ``("settings", tree)`` or ``("problems", lines)``; ``None`` when
-    there is no answer to trust."""
     try:
-        # -P: the working directory is not put on the module path (`-m` would), so whatever
-        # lies where the gateway was started from cannot stand in for our module.
         done = subprocess.run(  # noqa: S603 - this interpreter, our own module, no shell
-            [sys.executable, "-P", "-m", __name__, source],
+            _child_command(source),
             input=text.encode(),
             capture_output=True,
             timeout=CHILD_TIMEOUT,
@@ -79,24 +61,95 @@ def _ask_child(text: str, source: str) -> tuple[str, Any] | None:
         )
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         log.debug("the config reader could not run (%r)", exc)
-        return None
-    if done.returncode != 0:
+    else:
+        settings = _settings_answered(done.returncode, done.stdout, done.stderr)
+        if settings is not None:
+            return settings
+    return _parse_here(text, source)
+
+
+async def read_settings_async(path: Path) -> GatewaySettings:
+    """:func:`read_settings`, for a running gateway (a reload): off the event loop, and
+    cancellable: a stop during a reload ends the child at once instead of waiting for it."""
+    text = await asyncio.to_thread(read_config_text, path)
+    return await parse_settings_async(text, source=str(path))
+
+
+async def parse_settings_async(text: str, source: str = "<config>") -> GatewaySettings:
+    """:func:`parse_settings`, for a running gateway (see :func:`read_settings_async`)."""
+    try:
+        child = await asyncio.create_subprocess_exec(
+            *_child_command(source),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except (OSError, ValueError) as exc:
+        log.debug("the config reader could not run (%r)", exc)
+    else:
+        try:
+            async with asyncio.timeout(CHILD_TIMEOUT):
+                stdout, stderr = await child.communicate(text.encode())
+        except TimeoutError:
+            log.debug("the config reader took longer than %.0f s", CHILD_TIMEOUT)
+        else:
+            settings = _settings_answered(child.returncode, stdout, stderr)
+            if settings is not None:
+                return settings
+        finally:
+            if child.returncode is None:  # timed out, or we are cancelled (a stop)
+                child.kill()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_KILLED_EXIT):
+                        await child.wait()
+    # Rare (no child could run): the models' import and validation, off the loop.
+    return await asyncio.to_thread(_parse_here, text, source)
+
+
+def _child_command(source: str) -> list[str]:
+    # -P: the working directory is not put on the module path (`-m` would), so whatever lies
+    # where the gateway was started from cannot stand in for our module.
+    return [sys.executable, "-P", "-m", __name__, source]
+
+
+def _settings_answered(
+    returncode: int | None, stdout: bytes, stderr: bytes
+) -> GatewaySettings | None:
+    """The settings the child answered with; raises :class:`ConfigError` with the mistakes
+    it found; ``None`` when there is no answer to trust (then the text is read here)."""
+    if returncode != 0:
         log.debug(
-            "the config reader ended with %d (%s)",
-            done.returncode,
-            done.stderr.decode(errors="replace")[-500:],
+            "the config reader ended with %s (%s)",
+            returncode,
+            stderr.decode(errors="replace")[-500:],
         )
         return None
     try:
         # The bytes come from our own module in a child we started, never from outside.
-        answer = marshal.loads(done.stdout)  # noqa: S302
+        answer = marshal.loads(stdout)  # noqa: S302
     except (EOFError, ValueError, TypeError) as exc:
         log.debug("the config reader's answer is unreadable (%r)", exc)
         return None
     if not isinstance(answer, tuple) or len(answer) != 2 or answer[0] not in _KINDS:
-        log.debug("the config reader could not hand %s over", source)
+        log.debug("the config reader's answer is not one (%.60r)", answer)
         return None
-    return str(answer[0]), answer[1]
+    kind, value = answer
+    if kind == "problems":
+        raise ConfigError([str(line) for line in value])
+    try:
+        return settings_from_tree(value)
+    except (TypeError, ValueError, ImportError, AttributeError) as exc:
+        log.debug("the config reader's settings did not build here (%r)", exc)
+        return None
+
+
+def _parse_here(text: str, source: str) -> GatewaySettings:
+    log.debug("reading %s in this process", source)
+    # Imported only now: see the module's docstring.
+    from gateway.config.handover import to_settings  # noqa: PLC0415
+    from gateway.config.loader import parse_config  # noqa: PLC0415
+
+    return to_settings(parse_config(text, source))
 
 
 def _child(source: str) -> int:
