@@ -20,7 +20,6 @@ enums a file may name live here, so both sides share them).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import importlib
@@ -152,9 +151,10 @@ Tree = Any
 
 
 def settings_from_tree(tree: Tree) -> GatewaySettings:
-    """The settings a tree describes (see :mod:`gateway.config.handover`). Equal parts of it
-    (the 30 points of 100 meters of one kind) become one object. Raises ``ValueError`` or
-    ``TypeError`` for a tree that is not one."""
+    """The settings a tree describes (see :mod:`gateway.config.handover`). A part the tree
+    holds more than once, as one object (the 30 points of 100 meters of one kind: the models
+    are shared while validating, and marshal keeps what is shared), becomes one object here
+    too. Raises ``ValueError`` or ``TypeError`` for a tree that is not one."""
     settings = build_settings(tree)
     if not isinstance(settings, GatewaySettings):
         raise TypeError(f"not a whole config: {type(settings).__name__}")
@@ -166,9 +166,14 @@ def build_settings(tree: Tree) -> Any:
     return _Builder().build(tree)
 
 
+_UNBUILT = object()
+
+
 class _Builder:
     def __init__(self) -> None:
-        self._built: dict[Any, Any] = {}
+        # By identity, not equality: equal is not the same (1 == 1.0 == True), and the tree
+        # says what is the same by holding it once.
+        self._built: dict[int, Any] = {}
         self._classes: dict[str, type] = {}
 
     def build(self, tree: Tree) -> Any:
@@ -176,15 +181,10 @@ class _Builder:
             if tree is None or type(tree) in (str, int, float, bool):
                 return tree
             raise ValueError(f"not a settings tree: {type(tree).__name__}")
-        try:
-            return self._built[tree]
-        except KeyError:
-            pass
-        except TypeError:  # unhashable: a malformed tree (a list inside); fail below
-            pass
-        built = self._build_tagged(tree)
-        with contextlib.suppress(TypeError):
-            self._built[tree] = built
+        # The whole tree outlives the build, so no id is reused meanwhile.
+        built = self._built.get(id(tree), _UNBUILT)
+        if built is _UNBUILT:
+            built = self._built[id(tree)] = self._build_tagged(tree)
         return built
 
     def _build_tagged(self, tree: tuple[Any, ...]) -> Any:

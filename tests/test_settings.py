@@ -101,15 +101,18 @@ def type_fields(settings: object) -> set[str]:
     raise AssertionError(type(settings))
 
 
-def test_equal_parts_of_a_tree_are_built_once():
+def test_what_a_tree_holds_once_is_built_once_and_equal_is_not_the_same():
     text = (REPO / "examples" / "demo.yaml").read_text()
     tree = settings_tree(parse_config(text))
     first, second = settings_from_tree(tree), settings_from_tree(tree)
     assert first == second
     assert first.gateway is not second.gateway  # each build is its own
-    one, other = build_settings(("T", (("P", "/a"), ("P", "/a"))))
+    path = ("P", "/a")
+    one, other = build_settings(("T", (path, path)))
     assert one is other
-    assert one == Path("/a")
+    # Equal trees that are not the same stay apart: 1 == 1.0 == True, but not as settings.
+    built = build_settings(("T", (("T", (1,)), ("T", (1.0,)), ("T", (True,)))))
+    assert [type(part[0]) for part in built] == [int, float, bool]
 
 
 @pytest.mark.parametrize(

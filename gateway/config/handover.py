@@ -23,8 +23,11 @@ from gateway.settings import GatewaySettings, Tree, build_settings, settings_fro
 
 
 def settings_tree(config: GatewayConfig) -> Tree:
-    """``config`` as a settings tree, its hash (worked out here, where the models are) in it."""
-    tree = _tree(config)
+    """``config`` as a settings tree, its hash (worked out here, where the models are) in it.
+    A model the config holds more than once (equal points are one model, see
+    :func:`gateway.config.fields.shared`) is one tree, which :mod:`marshal` writes once and
+    the settings hold once."""
+    tree = _Trees().of(config)
     _, name, fields = tree
     return ("S", name, (*fields, ("config_hash", config.config_hash())))
 
@@ -37,7 +40,7 @@ def to_settings(config: GatewayConfig) -> GatewaySettings:
 def settings_of(model: BaseModel) -> Any:
     """The settings of one validated model (a bus, a device), built in this process: for the
     tools that open one bus, and tests."""
-    return build_settings(_tree(model))
+    return build_settings(_Trees().of(model))
 
 
 def settings_name(model: type[BaseModel]) -> str:
@@ -48,23 +51,34 @@ def settings_name(model: type[BaseModel]) -> str:
     return f"{settings.__module__}:{settings.__qualname__}"
 
 
-def _tree(value: object) -> Tree:
-    if isinstance(value, BaseModel):
+class _Trees:
+    def __init__(self) -> None:
+        # By identity: the models outlive the writing, so no id is reused meanwhile.
+        self._written: dict[int, Tree] = {}
+
+    def of(self, value: object) -> Tree:
+        if isinstance(value, BaseModel):
+            tree = self._written.get(id(value))
+            if tree is None:
+                tree = self._written[id(value)] = self._model(value)
+            return tree
+        if isinstance(value, enum.Enum):
+            kind = type(value)
+            return ("E", f"{kind.__module__}:{kind.__qualname__}", value.value)
+        if isinstance(value, PurePath):
+            return ("P", str(value))
+        if isinstance(value, list | tuple):
+            return ("T", tuple(self.of(item) for item in value))
+        if isinstance(value, dict):
+            return ("D", tuple((self.of(key), self.of(item)) for key, item in value.items()))
+        if value is None or type(value) in (str, int, float, bool):
+            return value
+        raise TypeError(f"a config holds a {type(value).__name__}, which settings cannot carry")
+
+    def _model(self, value: BaseModel) -> Tree:
         model = type(value)
-        fields = tuple((name, _tree(getattr(value, name))) for name in model.model_fields)
+        fields = tuple((name, self.of(getattr(value, name))) for name in model.model_fields)
         extras = getattr(value, "settings_extras", None)
         if callable(extras):
-            fields += tuple((name, _tree(item)) for name, item in extras().items())
+            fields += tuple((name, self.of(item)) for name, item in extras().items())
         return ("S", settings_name(model), fields)
-    if isinstance(value, enum.Enum):
-        kind = type(value)
-        return ("E", f"{kind.__module__}:{kind.__qualname__}", value.value)
-    if isinstance(value, PurePath):
-        return ("P", str(value))
-    if isinstance(value, list | tuple):
-        return ("T", tuple(_tree(item) for item in value))
-    if isinstance(value, dict):
-        return ("D", tuple((_tree(key), _tree(item)) for key, item in value.items()))
-    if value is None or type(value) in (str, int, float, bool):
-        return value
-    raise TypeError(f"a config holds a {type(value).__name__}, which settings cannot carry")
