@@ -28,24 +28,30 @@ from fieldgate_sim.serial_line import start_serial_line_in_thread
 from drivers.modbus.config import ModbusDevice, ModbusRtuBus
 from drivers.modbus.plan import plan_requests
 from drivers.modbus.rtu import open_modbus_rtu_bus
+from drivers.modbus.settings import ModbusDeviceSettings, ModbusRtuBusSettings
 from drivers.modbus.templates import load_templates
 from gateway.clock import SystemClock
+from gateway.config.handover import settings_of
 from gateway.errors import DeviceError
 
 BAUD = 9600
 CHAR = 10 / BAUD  # 8N1
 
 
-def device(name: str, unit: int) -> ModbusDevice:
-    return ModbusDevice.model_validate(
+def device(name: str, unit: int) -> ModbusDeviceSettings:
+    config = ModbusDevice.model_validate(
         {"name": name, "bus": "rs485", "unit_id": unit, "template": "eastron-sdm630"}
     )
+    settings: ModbusDeviceSettings = settings_of(config)
+    return settings
 
 
-def bus(path: str, **extra: Any) -> ModbusRtuBus:
-    return ModbusRtuBus.model_validate(
+def bus(path: str, **extra: Any) -> ModbusRtuBusSettings:
+    config = ModbusRtuBus.model_validate(
         {"name": "rs485", "type": "modbus_rtu", "port": path, "baudrate": BAUD, **extra}
     )
+    settings: ModbusRtuBusSettings = settings_of(config)
+    return settings
 
 
 def wire_minimum(requests: list[Any]) -> float:
@@ -55,7 +61,8 @@ def wire_minimum(requests: list[Any]) -> float:
 
 async def one_sdm630(polls: int) -> None:
     template = load_templates()["eastron-sdm630"]
-    per_point = plan_requests(template.points, max_gap=0, max_registers=2)
+    points = [settings_of(point) for point in template.points]
+    per_point = plan_requests(points, max_gap=0, max_registers=2)
     with start_serial_line_in_thread([Sdm630Meter(1)], baudrate=BAUD) as line:
         async with open_modbus_rtu_bus(bus(line.path), [device("m", 1)], SystemClock()) as rs485:
             (meter,) = rs485.devices
@@ -79,7 +86,7 @@ async def one_sdm630(polls: int) -> None:
     # A bound no plan can beat: only the points' own registers, in as few frames as the
     # meter's block limit allows, as if the unused registers between them cost nothing.
     own = sum(p.register_count for p in template.points)
-    frames = len(plan_requests(template.points, max_gap=125, max_registers=template.max_block))
+    frames = len(plan_requests(points, max_gap=125, max_registers=template.max_block))
     bound = (frames * 20 + 2 * own) * CHAR
     print(
         f"   bound (points' {own} registers alone in {frames} frames): {bound * 1000:.1f} ms"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
@@ -12,14 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.modbus.config import (
-    BIT_TABLES,
-    ByteOrder,
-    ModbusPoint,
-    RegisterType,
-    ValueType,
-    WordOrder,
-)
+from drivers.modbus.config import ModbusPoint
 from drivers.modbus.decode import (
     BlockDecoder,
     NotEncodable,
@@ -30,6 +24,15 @@ from drivers.modbus.decode import (
     shortest_float32,
 )
 from drivers.modbus.plan import ReadRequest, plan_requests
+from drivers.modbus.settings import (
+    BIT_TABLES,
+    ByteOrder,
+    ModbusPointSettings,
+    RegisterType,
+    ValueType,
+    WordOrder,
+)
+from gateway.config.handover import settings_of
 
 FORMATS = {
     ValueType.U16: (">H", st.integers(0, 2**16 - 1)),
@@ -145,8 +148,16 @@ def test_scaling_keeps_integers_exact_unless_scaled():
     assert scale_value(10, 2.0, -5.0) == 15.0
 
 
-def point(name: str, address: int, value_type: str, register: str = "holding") -> ModbusPoint:
-    return ModbusPoint.model_validate(
+def point_settings(spec: dict[str, object]) -> ModbusPointSettings:
+    """The settings the driver gets of the point ``spec`` configures (validated first)."""
+    settings: ModbusPointSettings = settings_of(ModbusPoint.model_validate(spec))
+    return settings
+
+
+def point(
+    name: str, address: int, value_type: str, register: str = "holding"
+) -> ModbusPointSettings:
+    return point_settings(
         {"name": name, "address": address, "type": value_type, "register": register}
     )
 
@@ -220,7 +231,7 @@ def test_plan_covers_every_point_within_limits(specs, max_gap):
 
 
 def test_bits_of_registers_and_bit_tables():
-    flags = ModbusPoint.model_validate({"name": "f", "address": 0, "type": "u16", "bit": 3})
+    flags = point_settings({"name": "f", "address": 0, "type": "u16", "bit": 3})
     assert decode_point(flags, [0b1000]) == 1
     assert decode_point(flags, [0b0111]) == 0
     coil = point("c", 5, "bool", "coil")
@@ -262,8 +273,8 @@ def text_registers(raw: bytes, byte_order: ByteOrder) -> list[int]:
     return [padded[i] << 8 | padded[i + 1] for i in range(0, len(padded), 2)]
 
 
-def string_point(length: int, byte_order: ByteOrder = ByteOrder.BIG) -> ModbusPoint:
-    return ModbusPoint.model_validate(
+def string_point(length: int, byte_order: ByteOrder = ByteOrder.BIG) -> ModbusPointSettings:
+    return point_settings(
         {"name": "s", "address": 0, "type": "string", "length": length, "byte_order": byte_order}
     )
 
@@ -311,7 +322,7 @@ def test_enum_maps_raw_values_and_writes_unknown_ones_as_their_number(
     length: int, word_order: WordOrder, raw: int
 ):
     raw %= 2 ** (16 * length)
-    point = ModbusPoint.model_validate(
+    point = point_settings(
         {
             "name": "mode",
             "address": 0,
@@ -347,7 +358,7 @@ _REGISTER_TYPES = [t for t in ValueType if t is not ValueType.BOOL]
 
 
 @st.composite
-def register_points(draw: st.DrawFn) -> ModbusPoint:
+def register_points(draw: st.DrawFn) -> ModbusPointSettings:
     value_type = draw(st.sampled_from(_REGISTER_TYPES))
     spec: dict[str, object] = {
         "name": "p",
@@ -366,11 +377,13 @@ def register_points(draw: st.DrawFn) -> ModbusPoint:
     else:
         spec["scale"] = draw(st.sampled_from([1.0, 0.1, 0.01, 10.0, 2.5]))
         spec["offset"] = draw(st.sampled_from([0.0, -40.0, 0.5]))
-    return ModbusPoint.model_validate(spec)
+    return point_settings(spec)
 
 
 @given(point=register_points(), registers=st.lists(st.integers(0, 0xFFFF), min_size=8, max_size=8))
-def test_block_decoder_gives_what_decode_point_gives(point: ModbusPoint, registers: list[int]):
+def test_block_decoder_gives_what_decode_point_gives(
+    point: ModbusPointSettings, registers: list[int]
+):
     # The decoder planned once per request reads the answer's bytes directly; every layout
     # must give exactly what the register-by-register decoding gives.
     data = struct.pack(">8H", *registers)
@@ -392,7 +405,7 @@ _WRITABLE_TYPES = [t for t in ValueType if t not in (ValueType.STRING, ValueType
     raw=st.integers(min_value=0, max_value=32767),
 )
 def test_a_written_value_reads_back_as_itself(value_type, word_order, byte_order, raw):
-    point = ModbusPoint.model_validate(
+    point = point_settings(
         {
             "name": "p",
             "address": 0,
@@ -407,14 +420,12 @@ def test_a_written_value_reads_back_as_itself(value_type, word_order, byte_order
 
 
 def test_values_the_registers_cannot_hold_are_refused():
-    u16 = ModbusPoint.model_validate({"name": "p", "address": 0, "type": "u16", "scale": 0.1})
+    u16 = point_settings({"name": "p", "address": 0, "type": "u16", "scale": 0.1})
     with pytest.raises(NotEncodable, match="multiple of its scale"):
         encode_point(u16, 1.05)
     with pytest.raises(NotEncodable, match="does not fit"):
         encode_point(u16, -1)
-    coil = ModbusPoint.model_validate(
-        {"name": "c", "address": 0, "type": "bool", "register": "coil"}
-    )
+    coil = point_settings({"name": "c", "address": 0, "type": "bool", "register": "coil"})
     assert encode_point(coil, 1) == [True]
     with pytest.raises(NotEncodable, match="write 0 or 1"):
         encode_point(coil, 2)
@@ -426,16 +437,16 @@ def test_values_the_registers_cannot_hold_are_refused():
     data=st.data(),
 )
 def test_a_block_decodes_as_its_points_one_by_one(
-    points: list[ModbusPoint], gaps: list[int], data: st.DataObject
+    points: list[ModbusPointSettings], gaps: list[int], data: st.DataObject
 ):
     # The planner puts several points (with gaps between them, or the same registers read as
     # two points) in one request; the block's one unpack must give what each point alone gives.
-    placed: list[ModbusPoint] = []
+    placed: list[ModbusPointSettings] = []
     end = 0
     for index, (point, gap) in enumerate(zip(points, gaps, strict=False)):
         overlap = data.draw(st.booleans()) if placed else False
         address = placed[-1].address if overlap else end + gap
-        placed.append(point.model_copy(update={"name": f"p{index}", "address": address}))
+        placed.append(dataclasses.replace(point, name=f"p{index}", address=address))
         end = max(end, address + point.register_count)
     registers = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=end, max_size=end))
     answer = struct.pack(f">{end}H", *registers)

@@ -10,8 +10,10 @@ import pytest
 from fieldgate_sim.modbus_server import RegisterBank, start_in_thread
 
 from drivers.modbus.config import ModbusDevice, ModbusTcpBus
+from drivers.modbus.settings import ModbusDeviceSettings, ModbusTcpBusSettings
 from drivers.modbus.tcp import open_modbus_tcp_bus
 from gateway.clock import SystemClock
+from gateway.config.handover import settings_of
 from gateway.errors import DeviceProtocolError, DeviceTimeout, DeviceUnreachable
 from gateway.readings import Quality
 
@@ -21,16 +23,20 @@ def f32(value: float) -> list[int]:
     return [int.from_bytes(raw[0:2], "big"), int.from_bytes(raw[2:4], "big")]
 
 
-def bus(port: int, **extra: Any) -> ModbusTcpBus:
-    return ModbusTcpBus.model_validate(
+def bus(port: int, **extra: Any) -> ModbusTcpBusSettings:
+    config = ModbusTcpBus.model_validate(
         {"name": "lan", "type": "modbus_tcp", "host": "127.0.0.1", "port": port, **extra}
     )
+    settings: ModbusTcpBusSettings = settings_of(config)
+    return settings
 
 
-def device(points: list[dict[str, Any]], unit_id: int = 1) -> ModbusDevice:
-    return ModbusDevice.model_validate(
+def device(points: list[dict[str, Any]], unit_id: int = 1) -> ModbusDeviceSettings:
+    config = ModbusDevice.model_validate(
         {"name": "m", "bus": "lan", "unit_id": unit_id, "points": points}
     )
+    settings: ModbusDeviceSettings = settings_of(config)
+    return settings
 
 
 async def test_refused_block_gives_a_partial_reading():

@@ -13,9 +13,11 @@ from fieldgate_sim.modbus_server import Faults, RegisterBank, RunningServer, sta
 
 from drivers.modbus.bus import ASK_REFUSED_AGAIN_AFTER, ModbusBus
 from drivers.modbus.config import ModbusDevice, ModbusTcpBus
+from drivers.modbus.settings import ModbusDeviceSettings, ModbusTcpBusSettings
 from drivers.modbus.tcp import open_modbus_tcp_bus
 from gateway.buffer import Buffer
 from gateway.clock import SystemClock
+from gateway.config.handover import settings_of
 from gateway.errors import DeviceProtocolError, DeviceTimeout, DeviceUnreachable
 from gateway.health import HealthRegistry
 from gateway.readings import Quality
@@ -26,8 +28,8 @@ from tests.manual_clock import ManualClock
 POINTS = [{"name": "x", "address": 0, "type": "u16"}, {"name": "y", "address": 1, "type": "u16"}]
 
 
-def bus_config(port: int, **extra: Any) -> ModbusTcpBus:
-    return ModbusTcpBus.model_validate(
+def bus_config(port: int, **extra: Any) -> ModbusTcpBusSettings:
+    config = ModbusTcpBus.model_validate(
         {
             "name": "lan",
             "type": "modbus_tcp",
@@ -37,12 +39,18 @@ def bus_config(port: int, **extra: Any) -> ModbusTcpBus:
             **extra,
         }
     )
+    settings: ModbusTcpBusSettings = settings_of(config)
+    return settings
 
 
-def device(name: str, unit: int, points: list[dict[str, Any]] | None = None) -> ModbusDevice:
-    return ModbusDevice.model_validate(
-        {"name": name, "bus": "lan", "unit_id": unit, "points": points or POINTS}
+def device(
+    name: str, unit: int, points: list[dict[str, Any]] | None = None, **extra: Any
+) -> ModbusDeviceSettings:
+    config = ModbusDevice.model_validate(
+        {"name": name, "bus": "lan", "unit_id": unit, "points": points or POINTS, **extra}
     )
+    settings: ModbusDeviceSettings = settings_of(config)
+    return settings
 
 
 @pytest.fixture
@@ -195,9 +203,7 @@ async def test_a_refused_gap_is_not_read_across_again(meters):
         {"name": "b", "address": 4, "type": "u16"},
     ]
     meters.set_faults(1, Faults(refuse=[("holding", 1, 3)]))
-    config = ModbusDevice.model_validate(
-        {"name": "m", "bus": "lan", "unit_id": 1, "max_gap": 5, "points": points}
-    )
+    config = device("m", 1, points, max_gap=5)
     async with open_modbus_tcp_bus(bus_config(meters.port), [config], SystemClock()) as lan:
         (meter,) = lan.devices
         assert len(meter.requests) == 1

@@ -14,8 +14,14 @@ from fieldgate_sim.serial_line import start_serial_line_in_thread
 
 from drivers.modbus.config import ModbusDevice, ModbusRtuBus, ModbusRtuOverTcpBus
 from drivers.modbus.rtu import open_modbus_rtu_bus
+from drivers.modbus.settings import (
+    ModbusDeviceSettings,
+    ModbusRtuBusSettings,
+    ModbusRtuOverTcpBusSettings,
+)
 from drivers.modbus.tcp import open_modbus_rtu_over_tcp_bus
 from gateway.clock import SystemClock
+from gateway.config.handover import settings_of
 from gateway.errors import DeviceError, DeviceProtocolError, DeviceTimeout, DeviceUnreachable
 from tests.manual_clock import ManualClock
 
@@ -33,8 +39,8 @@ def meter(unit: int) -> RegisterBank:
     )
 
 
-def device(name: str, unit: int) -> ModbusDevice:
-    return ModbusDevice.model_validate(
+def device(name: str, unit: int) -> ModbusDeviceSettings:
+    config = ModbusDevice.model_validate(
         {
             "name": name,
             "bus": "rs485",
@@ -47,16 +53,28 @@ def device(name: str, unit: int) -> ModbusDevice:
             ],
         }
     )
+    settings: ModbusDeviceSettings = settings_of(config)
+    return settings
 
 
 def expected(unit: int) -> list[Any]:
     return [230.0 + unit, unit * 10, unit * 10 + 1, unit % 2]
 
 
-def rtu_config(path: str, **extra: Any) -> ModbusRtuBus:
-    return ModbusRtuBus.model_validate(
+def rtu_config(path: str, **extra: Any) -> ModbusRtuBusSettings:
+    config = ModbusRtuBus.model_validate(
         {"name": "rs485", "type": "modbus_rtu", "port": path, "timeout": "100ms", **extra}
     )
+    settings: ModbusRtuBusSettings = settings_of(config)
+    return settings
+
+
+def rtu_over_tcp_config(port: int, **extra: Any) -> ModbusRtuOverTcpBusSettings:
+    config = ModbusRtuOverTcpBus.model_validate(
+        {"name": "rs485", "type": "modbus_rtu_over_tcp", "host": "127.0.0.1", "port": port, **extra}
+    )
+    settings: ModbusRtuOverTcpBusSettings = settings_of(config)
+    return settings
 
 
 @pytest.fixture
@@ -141,15 +159,7 @@ async def test_late_answer_on_the_line_is_never_taken_for_the_next(line):
 
 async def test_rtu_over_tcp_reads_and_rejects_wrong_function_codes():
     with start_in_thread([meter(1), meter(2)], framing="rtu") as server:
-        config = ModbusRtuOverTcpBus.model_validate(
-            {
-                "name": "rs485",
-                "type": "modbus_rtu_over_tcp",
-                "host": "127.0.0.1",
-                "port": server.port,
-                "timeout": "100ms",
-            }
-        )
+        config = rtu_over_tcp_config(server.port, timeout="100ms")
         server.set_faults(2, Faults(wrong_function_code=True))
         async with open_modbus_rtu_over_tcp_bus(
             config, [device("m1", 1), device("m2", 2)], SystemClock()
@@ -167,16 +177,7 @@ async def test_rtu_over_tcp_reads_and_rejects_wrong_function_codes():
 async def test_crc_errors_at_one_percent_lose_under_one_percent_of_polls():
     with start_in_thread([meter(1)], framing="rtu") as server:
         server.set_faults(1, Faults(corrupt_rate=0.01, seed=7))
-        config = ModbusRtuOverTcpBus.model_validate(
-            {
-                "name": "rs485",
-                "type": "modbus_rtu_over_tcp",
-                "host": "127.0.0.1",
-                "port": server.port,
-                "timeout": "200ms",
-                "turnaround": "1ms",
-            }
-        )
+        config = rtu_over_tcp_config(server.port, timeout="200ms", turnaround="1ms")
         polls, delivered = 400, 0
         async with open_modbus_rtu_over_tcp_bus(config, [device("m1", 1)], SystemClock()) as bus:
             (m1,) = bus.devices

@@ -17,6 +17,7 @@ from drivers.modbus.config import ModbusDevice, ModbusRtuOverTcpBus
 from drivers.modbus.tcp import open_modbus_rtu_over_tcp_bus
 from drivers.modbus.tools import probe_rows
 from gateway.clock import SystemClock
+from gateway.config.handover import settings_of
 from gateway.errors import DeviceProtocolError
 from tests.harness import REPO, run_fieldgate
 
@@ -87,12 +88,16 @@ async def test_simulator_cli_serves_rtu_over_tcp_with_a_scripted_fault():
         assert process.stdout is not None
         line = await asyncio.wait_for(process.stdout.readline(), 30)
         port = int(re.search(rb":(\d+)$", line.strip()).group(1))  # type: ignore[union-attr]
-        bus = ModbusRtuOverTcpBus.model_validate(
-            {"name": "b", "type": "modbus_rtu_over_tcp", "host": "127.0.0.1", "port": port}
+        bus = settings_of(
+            ModbusRtuOverTcpBus.model_validate(
+                {"name": "b", "type": "modbus_rtu_over_tcp", "host": "127.0.0.1", "port": port}
+            )
         )
         devices = [
-            ModbusDevice.model_validate(
-                {"name": f"m{u}", "bus": "b", "unit_id": u, "template": "eastron-sdm630"}
+            settings_of(
+                ModbusDevice.model_validate(
+                    {"name": f"m{u}", "bus": "b", "unit_id": u, "template": "eastron-sdm630"}
+                )
             )
             for u in (1, 2)
         ]

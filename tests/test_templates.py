@@ -16,11 +16,18 @@ from fieldgate_sim.serial_line import start_serial_line_in_thread
 from fieldgate_sim.template_meter import TemplateMeter
 from pydantic import ValidationError
 
-from drivers.modbus.config import ModbusDevice, ModbusTcpBus, RegisterType, ValueType
+from drivers.modbus.config import ModbusDevice, ModbusTcpBus
 from drivers.modbus.plan import plan_requests
+from drivers.modbus.settings import (
+    ModbusDeviceSettings,
+    ModbusTcpBusSettings,
+    RegisterType,
+    ValueType,
+)
 from drivers.modbus.tcp import open_modbus_tcp_bus
 from drivers.modbus.templates import TEMPLATE_DIR, Identification, load_templates
 from gateway.clock import SystemClock
+from gateway.config.handover import settings_of
 from gateway.errors import DeviceTimeout
 from gateway.readings import Quality
 from tests.harness import REPO, run_fieldgate
@@ -29,6 +36,22 @@ TEMPLATES = sorted(load_templates())
 #: What a meter's registers hold (bool is for coils and discrete inputs, which meters rarely
 #: map): numbers of every width, text, enumerated states.
 REGISTER_TYPES = set(ValueType) - {ValueType.BOOL}
+
+
+def tcp_bus(port: int, **extra: object) -> ModbusTcpBusSettings:
+    config = ModbusTcpBus.model_validate(
+        {"name": "lan", "type": "modbus_tcp", "host": "127.0.0.1", "port": port, **extra}
+    )
+    settings: ModbusTcpBusSettings = settings_of(config)
+    return settings
+
+
+def template_device(name: str, template: str, unit_id: int = 1) -> ModbusDeviceSettings:
+    config = ModbusDevice.model_validate(
+        {"name": name, "bus": "lan", "unit_id": unit_id, "template": template}
+    )
+    settings: ModbusDeviceSettings = settings_of(config)
+    return settings
 
 
 def test_at_least_twelve_templates_one_file_each():
@@ -51,7 +74,8 @@ def test_template_is_sound(name: str):
         assert all(0 <= a <= 65535 for _, a in span)
         assert not span & used, f"{point.name} overlaps another point"
         used |= span
-    for request in plan_requests(template.points, template.max_gap, template.max_block):
+    points = [settings_of(point) for point in template.points]
+    for request in plan_requests(points, template.max_gap, template.max_block):
         assert request.count <= template.max_block
 
 
@@ -63,15 +87,8 @@ async def test_template_values_read_from_the_simulator_equal_the_simulators(name
     for meter, delay in zip(meters, (0.002, 0.005), strict=True):
         meter.reply_delay_s = delay
     with start_in_thread(meters) as server:
-        bus = ModbusTcpBus.model_validate(
-            {"name": "lan", "type": "modbus_tcp", "host": "127.0.0.1", "port": server.port}
-        )
-        devices = [
-            ModbusDevice.model_validate(
-                {"name": f"m{m.unit_id}", "bus": "lan", "unit_id": m.unit_id, "template": name}
-            )
-            for m in meters
-        ]
+        bus = tcp_bus(server.port)
+        devices = [template_device(f"m{m.unit_id}", name, m.unit_id) for m in meters]
         async with open_modbus_tcp_bus(bus, devices, SystemClock()) as lan:
             readings = [await device.read() for device in lan.devices]
     template = load_templates()[name]
@@ -151,12 +168,8 @@ async def test_simulator_cli_serves_a_template_meter_with_a_reply_delay():
         line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
         match = re.fullmatch(r"serving xylem-magflux meter unit 3 on 127\.0\.0\.1:(\d+)\n", line)
         assert match is not None, line
-        bus = ModbusTcpBus.model_validate(
-            {"name": "lan", "type": "modbus_tcp", "host": "127.0.0.1", "port": int(match[1])}
-        )
-        device = ModbusDevice.model_validate(
-            {"name": "water", "bus": "lan", "unit_id": 3, "template": "xylem-magflux"}
-        )
+        bus = tcp_bus(int(match[1]))
+        device = template_device("water", "xylem-magflux", unit_id=3)
         async with open_modbus_tcp_bus(bus, [device], SystemClock()) as lan:
             reading = await lan.devices[0].read()
     finally:
@@ -170,18 +183,8 @@ async def test_simulator_cli_serves_a_template_meter_with_a_reply_delay():
 async def test_a_reply_delay_longer_than_the_timeout_is_a_timeout_and_a_short_one_is_not():
     meter = TemplateMeter(1, "eastron-sdm120")
     with start_in_thread([meter]) as server:
-        bus = ModbusTcpBus.model_validate(
-            {
-                "name": "lan",
-                "type": "modbus_tcp",
-                "host": "127.0.0.1",
-                "port": server.port,
-                "timeout": "100ms",
-            }
-        )
-        device = ModbusDevice.model_validate(
-            {"name": "m", "bus": "lan", "template": "eastron-sdm120"}
-        )
+        bus = tcp_bus(server.port, timeout="100ms")
+        device = template_device("m", "eastron-sdm120")
         async with open_modbus_tcp_bus(bus, [device], SystemClock()) as lan:
             server.set_reply_delay(1, 2.0)
             with pytest.raises(DeviceTimeout):

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-from drivers.modbus.config import MAX_REGISTERS_PER_READ, ModbusDevice, ModbusPoint, RegisterType
 from drivers.modbus.decode import BlockDecoder, NotEncodable, decode_point, encode_point
 from drivers.modbus.link import MalformedAnswer, ModbusExceptionError, ModbusLink
 from drivers.modbus.pdu import (
@@ -28,6 +27,12 @@ from drivers.modbus.pdu import (
     write_registers_request,
 )
 from drivers.modbus.plan import ReadRequest, plan_requests
+from drivers.modbus.settings import (
+    MAX_REGISTERS_PER_READ,
+    ModbusDeviceSettings,
+    ModbusPointSettings,
+    RegisterType,
+)
 from gateway.backoff import Backoff
 from gateway.clock import Clock, epoch_ms
 from gateway.driver import LineCounts, SlaveCounts
@@ -94,7 +99,7 @@ class ModbusBus:
     def __init__(
         self,
         link: ModbusLink,
-        devices: Sequence[ModbusDevice],
+        devices: Sequence[ModbusDeviceSettings],
         clock: Clock,
         *,
         slave_backoff_base: float = 1.0,
@@ -381,7 +386,7 @@ class ModbusPolledDevice:
     """One Modbus device, with its read requests planned once at start (and again when the
     meter refuses part of them)."""
 
-    def __init__(self, bus: ModbusBus, config: ModbusDevice) -> None:
+    def __init__(self, bus: ModbusBus, config: ModbusDeviceSettings) -> None:
         self._bus = bus
         self.config = config
         self.refused: dict[str, str] = {}
@@ -421,7 +426,7 @@ class ModbusPolledDevice:
         # (see ModbusBus._split_refused), its refused points are never read across, and a
         # meter that refuses the gaps themselves is read without gaps from then on. On a
         # serial line a gap is read across only where that saves wire time.
-        learning = "max_gap" not in self.config.model_fields_set
+        learning = self.config.learn_max_gap
         max_gap = MAX_REGISTERS_PER_READ if learning else self.config.max_gap
         worth = self._bus.link.gap_worth_registers
         if worth is not None:
@@ -432,7 +437,7 @@ class ModbusPolledDevice:
             wanted, max_gap=max_gap, max_registers=self.config.max_block, avoid=refused
         )
 
-    def refuse(self, point: ModbusPoint, reason: str) -> None:
+    def refuse(self, point: ModbusPointSettings, reason: str) -> None:
         self.refused[point.name] = reason
         if self._refused_since is None:
             self._refused_since = self._bus.clock.monotonic()
@@ -499,7 +504,7 @@ class ModbusPolledDevice:
             await self.write_registers(config.address, [int(word) for word in words])
         return await self._read_point(config)
 
-    async def _read_point(self, point: ModbusPoint) -> float | int | str | None:
+    async def _read_point(self, point: ModbusPointSettings) -> float | int | str | None:
         (request,) = plan_requests([point], max_gap=0, max_registers=self.config.max_block)
         return (await self._bus.read_block(self.config.unit_id, request))[point.name]
 

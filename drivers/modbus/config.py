@@ -1,12 +1,30 @@
-"""Config models owned by the Modbus driver: the bus, the device and its points."""
+"""Config models owned by the Modbus driver: the bus, the device and its points. Each names its
+settings (:mod:`drivers.modbus.settings`, which also holds the enums they share), what a running
+gateway keeps of it."""
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import ClassVar, Literal
+import builtins
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from drivers.modbus.settings import (
+    BIT_TABLES,
+    MAX_REGISTERS_PER_READ,
+    SIZED_TYPES,
+    ByteOrder,
+    ModbusDeviceSettings,
+    ModbusPointSettings,
+    ModbusRtuBusSettings,
+    ModbusRtuOverTcpBusSettings,
+    ModbusTcpBusSettings,
+    Parity,
+    RegisterType,
+    ValueType,
+    WordOrder,
+    register_count,
+)
 from gateway.config.fields import (
     AnswerTimeout,
     BackoffCap,
@@ -17,78 +35,13 @@ from gateway.config.fields import (
     StrictModel,
     shared,
 )
-from gateway.readings import DeviceInfo, PointInfo
-
-
-class RegisterType(StrEnum):
-    """Which table a point lives in (read with function code 1, 2, 3 or 4)."""
-
-    COIL = "coil"
-    DISCRETE_INPUT = "discrete_input"
-    HOLDING = "holding"
-    INPUT = "input"
-
-
-#: The tables of single bits (coils, discrete inputs), as opposed to 16-bit registers.
-BIT_TABLES = frozenset({RegisterType.COIL, RegisterType.DISCRETE_INPUT})
-
-
-class ValueType(StrEnum):
-    """How a point's registers encode its value."""
-
-    U16 = "u16"
-    I16 = "i16"
-    U32 = "u32"
-    I32 = "i32"
-    U64 = "u64"
-    I64 = "i64"
-    F32 = "f32"
-    F64 = "f64"
-    #: One coil or discrete input (1 or 0).
-    BOOL = "bool"
-    #: ASCII text in ``length`` registers, two characters each.
-    STRING = "string"
-    #: A u16 (``length: 1``, the default) or u32 (``length: 2``) mapped to a label by ``values``.
-    ENUM = "enum"
-
-
-class WordOrder(StrEnum):
-    """Order of the 16-bit registers within a multi-register value."""
-
-    BIG = "big"
-    LITTLE = "little"
-
-
-class ByteOrder(StrEnum):
-    """Order of the two bytes within each register: big as the Modbus specification says; a
-    few meters swap them. With word order, the four orders of a 32-bit value: ABCD (big, big),
-    CDAB (little words), BADC (little bytes), DCBA (both little)."""
-
-    BIG = "big"
-    LITTLE = "little"
-
-
-REGISTER_COUNT: dict[ValueType, int] = {
-    ValueType.U16: 1,
-    ValueType.I16: 1,
-    ValueType.U32: 2,
-    ValueType.I32: 2,
-    ValueType.F32: 2,
-    ValueType.U64: 4,
-    ValueType.I64: 4,
-    ValueType.F64: 4,
-    ValueType.BOOL: 1,
-}
-
-#: The largest register count one read request may ask for (Modbus application protocol, 6.3).
-MAX_REGISTERS_PER_READ = 125
-
-#: Types whose register count is the point's ``length``, not fixed by the type.
-_SIZED_TYPES = frozenset({ValueType.STRING, ValueType.ENUM})
 
 
 class ModbusPoint(StrictModel):
     """One value of a device: where its registers are and how to turn them into a number."""
+
+    # builtins.type: a class whose field is named ``type`` shadows the builtin here.
+    settings: ClassVar[builtins.type[Any]] = ModbusPointSettings
 
     name: Name = Field(description="Unique within the device; the key in the payload's values")
     address: int = Field(ge=0, le=65535, description="Zero-based register address (as on the wire)")
@@ -155,9 +108,7 @@ class ModbusPoint(StrictModel):
     @property
     def register_count(self) -> int:
         """Registers (or, in a bit table, bits) the point spans."""
-        if self.type in _SIZED_TYPES:
-            return self.length or 1
-        return REGISTER_COUNT[self.type]
+        return register_count(self.type, self.length)
 
     @model_validator(mode="after")
     def _fits_in_address_space(self) -> ModbusPoint:
@@ -189,7 +140,7 @@ class ModbusPoint(StrictModel):
                 "only holding registers and coils can be written: make it register: holding "
                 "(or coil), or drop writable"
             )
-        if self.type in _SIZED_TYPES or self.bit is not None:
+        if self.type in SIZED_TYPES or self.bit is not None:
             raise ValueError("a string, enum or single-bit point cannot be writable")
         if self.min is None or self.max is None:
             raise ValueError("a writable point needs both limits: min and max")
@@ -197,7 +148,7 @@ class ModbusPoint(StrictModel):
             raise ValueError(f"min {self.min:g} is above max {self.max:g}")
 
     def _text_types_sound(self) -> None:
-        if self.type not in _SIZED_TYPES:
+        if self.type not in SIZED_TYPES:
             if self.length is not None:
                 raise ValueError("length: N is allowed only with type string or enum")
             if self.values is not None:
@@ -219,6 +170,8 @@ class ModbusPoint(StrictModel):
 
 class ModbusDevice(DeviceBase):
     """A Modbus server (slave) on a bus, with the points to read from it."""
+
+    settings: ClassVar[builtins.type[Any]] = ModbusDeviceSettings
 
     unit_id: int = Field(default=1, ge=0, le=255, description="Modbus unit id (slave address)")
     max_gap: int = Field(
@@ -254,31 +207,20 @@ class ModbusDevice(DeviceBase):
 
     kind: ClassVar[str] = "modbus"
 
-    def info(self) -> DeviceInfo:
+    def settings_extras(self) -> dict[str, object]:
+        """Whether ``max_gap`` was given (here or by the template: else the driver learns the
+        gaps), and the template's meter for the fleet's description: the running gateway
+        reads no template file."""
         # Imported here: the templates module reads this module's models.
         from drivers.modbus.templates import load_templates  # noqa: PLC0415
 
         template = load_templates().get(self.template) if self.template else None
-        return DeviceInfo(
-            self.name,
-            self.bus,
-            self.kind,
-            template=self.template,
-            manufacturer=template.manufacturer if template else None,
-            model=template.model if template else None,
-            medium=template.medium if template else None,
-            points=tuple(
-                PointInfo(
-                    point.name,
-                    point.unit,
-                    point.writable,
-                    point.min,
-                    point.max,
-                    text=point.type in _SIZED_TYPES,
-                )
-                for point in self.points
-            ),
-        )
+        return {
+            "learn_max_gap": "max_gap" not in self.model_fields_set,
+            "manufacturer": template.manufacturer if template else None,
+            "model": template.model if template else None,
+            "medium": template.medium if template else None,
+        }
 
     @field_validator("points", mode="after")
     @classmethod
@@ -331,20 +273,18 @@ class ModbusTcpBus(_ModbusBusBase):
     """A Modbus TCP endpoint: a meter with Ethernet, or a TCP gateway with several unit ids
     behind it (all on one connection)."""
 
+    settings: ClassVar[builtins.type[Any]] = ModbusTcpBusSettings
+
     type: Literal["modbus_tcp"]
     host: HostName = Field(description="IP address or host name")
     port: int = Field(default=502, ge=1, le=65535)
 
 
-class Parity(StrEnum):
-    NONE = "N"
-    EVEN = "E"
-    ODD = "O"
-
-
 class ModbusRtuBus(_ModbusBusBase):
     """Modbus RTU on a serial port (RS-485): many slaves on one line, one transaction at a
     time, with the 3.5-character inter-frame silence. fieldgate owns the port exclusively."""
+
+    settings: ClassVar[builtins.type[Any]] = ModbusRtuBusSettings
 
     type: Literal["modbus_rtu"]
     port: str = Field(
@@ -364,22 +304,12 @@ class ModbusRtuBus(_ModbusBusBase):
         ),
     )
 
-    @property
-    def char_time(self) -> float:
-        """Seconds one character takes on the wire: start bit, data, parity, stop bits."""
-        bits = 1 + self.data_bits + (0 if self.parity is Parity.NONE else 1) + self.stop_bits
-        return bits / self.baudrate
-
-    @property
-    def silence(self) -> float:
-        """The inter-frame silence: 3.5 characters, and at least 1.75 ms (the specification's
-        fixed value above 19200 baud)."""
-        return max(3.5 * self.char_time, 0.00175)
-
 
 class ModbusRtuOverTcpBus(_ModbusBusBase):
     """RTU frames (with CRC, no MBAP header) tunnelled over TCP: a serial device server (Moxa
     NPort, USR-TCP232) in transparent mode in front of an RS-485 line."""
+
+    settings: ClassVar[builtins.type[Any]] = ModbusRtuOverTcpBusSettings
 
     type: Literal["modbus_rtu_over_tcp"]
     host: HostName = Field(description="IP address or host name")
@@ -391,3 +321,19 @@ class ModbusRtuOverTcpBus(_ModbusBusBase):
             "still needs its inter-frame silence)"
         ),
     )
+
+
+#: The models, and the enums their fields take (defined in :mod:`drivers.modbus.settings`,
+#: named here too for config-side code that reads a point's fields).
+__all__ = [
+    "ByteOrder",
+    "ModbusDevice",
+    "ModbusPoint",
+    "ModbusRtuBus",
+    "ModbusRtuOverTcpBus",
+    "ModbusTcpBus",
+    "Parity",
+    "RegisterType",
+    "ValueType",
+    "WordOrder",
+]

@@ -12,7 +12,13 @@ import struct
 from collections.abc import Callable, Mapping, Sequence
 from math import isfinite
 
-from drivers.modbus.config import REGISTER_COUNT, ByteOrder, ModbusPoint, ValueType, WordOrder
+from drivers.modbus.settings import (
+    REGISTER_COUNT,
+    ByteOrder,
+    ModbusPointSettings,
+    ValueType,
+    WordOrder,
+)
 
 _F32 = struct.Struct(">f")
 _pack_f32 = _F32.pack
@@ -158,7 +164,9 @@ def enum_label(raw: int, labels: Mapping[int, str]) -> str:
     return labels.get(raw, str(raw))
 
 
-def decode_point(point: ModbusPoint, words: Sequence[int] | Sequence[bool]) -> int | float | str:
+def decode_point(
+    point: ModbusPointSettings, words: Sequence[int] | Sequence[bool]
+) -> int | float | str:
     """The published value of ``point`` from the registers (or bits) starting at its address."""
     if point.type is ValueType.BOOL:
         return int(bool(words[0]))
@@ -189,7 +197,7 @@ def decode_point(point: ModbusPoint, words: Sequence[int] | Sequence[bool]) -> i
 PointDecoder = Callable[[bytes, int], int | float | str]
 
 
-def register_decoder(point: ModbusPoint) -> PointDecoder:
+def register_decoder(point: ModbusPointSettings) -> PointDecoder:
     """:func:`decode_point` for a point of a register table, as a function of the answer's
     bytes and the point's offset in them, built once per plan instead of per poll. The usual
     layout (most significant word and byte first, no bit) unpacks straight from the bytes;
@@ -225,7 +233,7 @@ class BlockDecoder:
 
     __slots__ = ("_finish", "_names", "_point_decoders", "_raw_is_value", "_same_finish", "_unpack")
 
-    def __init__(self, address: int, points: Sequence[ModbusPoint]) -> None:
+    def __init__(self, address: int, points: Sequence[ModbusPointSettings]) -> None:
         self._names = tuple(point.name for point in points)
         offsets = [2 * (point.address - address) for point in points]
         self._unpack: Callable[[bytes], tuple[int | float, ...]] | None = None
@@ -264,7 +272,7 @@ class BlockDecoder:
         return list(zip(self._names, self.values(data), strict=True))
 
 
-def _block_layout(points: Sequence[ModbusPoint], offsets: Sequence[int]) -> str | None:
+def _block_layout(points: Sequence[ModbusPointSettings], offsets: Sequence[int]) -> str | None:
     """One ``struct`` format for the whole block (pad bytes over the gaps), or ``None`` when a
     point is not in the usual layout or overlaps the one before it."""
     layout = [">"]
@@ -285,7 +293,7 @@ def _block_layout(points: Sequence[ModbusPoint], offsets: Sequence[int]) -> str 
     return "".join(layout)
 
 
-def _finisher(point: ModbusPoint) -> Callable[[int | float], int | float] | None:
+def _finisher(point: ModbusPointSettings) -> Callable[[int | float], int | float] | None:
     """What turns the raw number of a point in the usual layout into its value (``None``: it
     is its value). Shared by points alike, so a block of float32s is finished by one ``map``."""
     scale, offset = point.scale, point.offset
@@ -304,7 +312,7 @@ class NotEncodable(ValueError):
     number where the type is an integer)."""
 
 
-def encode_point(point: ModbusPoint, value: float) -> list[int] | list[bool]:
+def encode_point(point: ModbusPointSettings, value: float) -> list[int] | list[bool]:
     """The registers (or the one bit) that make ``point`` read ``value``: the inverse of
     :func:`decode_point` for the types a remote command may write (numbers and bools)."""
     if point.type is ValueType.BOOL:

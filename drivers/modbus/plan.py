@@ -11,7 +11,12 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from drivers.modbus.config import BIT_TABLES, MAX_REGISTERS_PER_READ, ModbusPoint, RegisterType
+from drivers.modbus.settings import (
+    BIT_TABLES,
+    MAX_REGISTERS_PER_READ,
+    ModbusPointSettings,
+    RegisterType,
+)
 
 #: The largest bit count one read of coils or discrete inputs may ask for.
 MAX_BITS_PER_READ = 2000
@@ -24,16 +29,16 @@ class ReadRequest:
     register_type: RegisterType
     address: int
     count: int
-    points: tuple[ModbusPoint, ...]
+    points: tuple[ModbusPointSettings, ...]
 
-    def registers_of(self, point: ModbusPoint, registers: Sequence[int]) -> Sequence[int]:
+    def registers_of(self, point: ModbusPointSettings, registers: Sequence[int]) -> Sequence[int]:
         """The slice of this request's answer that holds ``point``."""
         start = point.address - self.address
         return registers[start : start + point.register_count]
 
 
 def plan_requests(
-    points: Sequence[ModbusPoint],
+    points: Sequence[ModbusPointSettings],
     max_gap: int = 0,
     max_registers: int = MAX_REGISTERS_PER_READ,
     avoid: Collection[tuple[RegisterType, int]] = (),
@@ -48,7 +53,7 @@ def plan_requests(
             (p for p in points if p.register_type is register_type),
             key=lambda p: (p.address, p.register_count),
         )
-        group: list[ModbusPoint] = []
+        group: list[ModbusPointSettings] = []
         start = end = 0  # the group covers registers [start, end)
         for point in in_table:
             point_end = point.address + point.register_count

@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 from pymodbus.transport.serialtransport import create_serial_connection
 
 from drivers.modbus.bus import ModbusBus
-from drivers.modbus.config import ModbusDevice, ModbusRtuBus
 from drivers.modbus.link import Framing, ModbusLink, Opener
+from drivers.modbus.settings import ModbusDeviceSettings, ModbusRtuBusSettings
 from gateway.clock import Clock
 
 
-def serial_opener(bus: ModbusRtuBus) -> Opener:
+def serial_opener(bus: ModbusRtuBusSettings) -> Opener:
     async def open_serial(
         factory: Callable[[], asyncio.Protocol],
     ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
@@ -38,7 +38,7 @@ def serial_opener(bus: ModbusRtuBus) -> Opener:
 
 
 def open_modbus_rtu_bus(
-    bus: ModbusRtuBus, devices: Sequence[ModbusDevice], clock: Clock
+    bus: ModbusRtuBusSettings, devices: Sequence[ModbusDeviceSettings], clock: Clock
 ) -> ModbusBus:
     link = ModbusLink(
         f"modbus_rtu {bus.name} ({bus.port} {bus.baudrate} {bus.data_bits}"

@@ -7,8 +7,12 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from drivers.modbus.bus import ModbusBus
-from drivers.modbus.config import ModbusDevice, ModbusRtuOverTcpBus, ModbusTcpBus
 from drivers.modbus.link import Framing, ModbusLink, Opener
+from drivers.modbus.settings import (
+    ModbusDeviceSettings,
+    ModbusRtuOverTcpBusSettings,
+    ModbusTcpBusSettings,
+)
 from gateway.clock import Clock
 
 
@@ -22,7 +26,7 @@ def tcp_opener(host: str, port: int) -> Opener:
 
 
 def open_modbus_tcp_bus(
-    bus: ModbusTcpBus, devices: Sequence[ModbusDevice], clock: Clock
+    bus: ModbusTcpBusSettings, devices: Sequence[ModbusDeviceSettings], clock: Clock
 ) -> ModbusBus:
     link = ModbusLink(
         f"modbus_tcp {bus.name} ({bus.host}:{bus.port})",
@@ -36,7 +40,7 @@ def open_modbus_tcp_bus(
 
 
 def open_modbus_rtu_over_tcp_bus(
-    bus: ModbusRtuOverTcpBus, devices: Sequence[ModbusDevice], clock: Clock
+    bus: ModbusRtuOverTcpBusSettings, devices: Sequence[ModbusDeviceSettings], clock: Clock
 ) -> ModbusBus:
     link = ModbusLink(
         f"modbus_rtu_over_tcp {bus.name} ({bus.host}:{bus.port})",

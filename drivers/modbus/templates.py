@@ -15,13 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from drivers.modbus.config import (
-    MAX_REGISTERS_PER_READ,
-    REGISTER_COUNT,
-    ModbusPoint,
-    RegisterType,
-    ValueType,
-)
+from drivers.modbus.config import ModbusPoint
+from drivers.modbus.settings import MAX_REGISTERS_PER_READ, REGISTER_COUNT, RegisterType, ValueType
 from gateway.config.fields import Name, StrictModel
 
 TEMPLATE_DIR = Path(__file__).with_name("templates")

@@ -12,22 +12,15 @@ from itertools import product
 from typing import Any, TextIO
 
 from drivers.modbus.bus import EXCEPTION_NAMES, ModbusBus
-from drivers.modbus.config import (
-    REGISTER_COUNT,
-    ModbusDevice,
-    ModbusRtuBus,
-    ModbusRtuOverTcpBus,
-    ModbusTcpBus,
-    RegisterType,
-    ValueType,
-    WordOrder,
-)
+from drivers.modbus.config import ModbusDevice, ModbusRtuBus, ModbusRtuOverTcpBus, ModbusTcpBus
 from drivers.modbus.decode import decode_registers
 from drivers.modbus.link import ModbusExceptionError
 from drivers.modbus.pdu import FunctionCode, read_request, registers_of
+from drivers.modbus.settings import REGISTER_COUNT, RegisterType, ValueType, WordOrder
 from drivers.modbus.templates import TEMPLATE_DIR, MeterTemplate, load_templates
 from drivers.table import write_table
 from gateway.clock import SystemClock
+from gateway.config.handover import settings_of
 from gateway.errors import DeviceError, DeviceTimeout
 
 EX_USAGE = 64
@@ -80,23 +73,28 @@ def bus_from_options(
 
 
 def open_bus(config: ModbusBusConfig) -> ModbusBus:
+    """The bus ``config`` describes, opened as the running gateway opens it: from its
+    settings, with one placeholder device (the tools talk to the link directly)."""
     # Imported here so that `fieldgate templates` never imports the serial transport.
     from drivers.modbus.rtu import open_modbus_rtu_bus  # noqa: PLC0415
     from drivers.modbus.tcp import open_modbus_rtu_over_tcp_bus, open_modbus_tcp_bus  # noqa: PLC0415
 
-    placeholder = ModbusDevice.model_validate(
-        {
-            "name": "probe",
-            "bus": config.name,
-            "points": [{"name": "x", "address": 0, "type": "u16"}],
-        }
+    placeholder = settings_of(
+        ModbusDevice.model_validate(
+            {
+                "name": "probe",
+                "bus": config.name,
+                "points": [{"name": "x", "address": 0, "type": "u16"}],
+            }
+        )
     )
+    bus = settings_of(config)
     clock = SystemClock()
     if isinstance(config, ModbusRtuBus):
-        return open_modbus_rtu_bus(config, [placeholder], clock)
+        return open_modbus_rtu_bus(bus, [placeholder], clock)
     if isinstance(config, ModbusRtuOverTcpBus):
-        return open_modbus_rtu_over_tcp_bus(config, [placeholder], clock)
-    return open_modbus_tcp_bus(config, [placeholder], clock)
+        return open_modbus_rtu_over_tcp_bus(bus, [placeholder], clock)
+    return open_modbus_tcp_bus(bus, [placeholder], clock)
 
 
 # -- templates -----------------------------------------------------------------------------------
