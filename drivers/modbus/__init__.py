@@ -1,2 +1,3 @@
-"""Modbus drivers. Pure parts (:mod:`.decode`, :mod:`.plan`, :mod:`.config`) import no
-protocol library; :mod:`.tcp` is the one that talks pymodbus."""
+"""Modbus drivers. Pure parts (:mod:`.decode`, :mod:`.plan`, :mod:`.settings`, :mod:`.config`)
+import no protocol library; :mod:`.tcp` and :mod:`.rtu` open the line, from settings alone (no
+pydantic: see :mod:`.settings`)."""
