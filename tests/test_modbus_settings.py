@@ -202,4 +202,5 @@ def test_a_config_s_settings_tree_rebuilds_equal_settings():
     assert isinstance(sdm1, ModbusDeviceSettings)
     assert isinstance(sdm2, ModbusDeviceSettings)
     # Meters of one template hold one set of point settings, as they held one of models.
-    assert sdm1.points is sdm2.points
+    assert sdm1.points == sdm2.points
+    assert all(p is q for p, q in zip(sdm1.points, sdm2.points, strict=True))

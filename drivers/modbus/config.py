@@ -35,6 +35,7 @@ from gateway.config.fields import (
     StrictModel,
     shared,
 )
+from gateway.readings import DeviceInfo
 
 
 class ModbusPoint(StrictModel):
@@ -221,6 +222,15 @@ class ModbusDevice(DeviceBase):
             "model": template.model if template else None,
             "medium": template.medium if template else None,
         }
+
+    def info(self) -> DeviceInfo:
+        """As the running gateway describes this device (:meth:`ModbusDeviceSettings.info`),
+        for config-side readers (``check``, tests)."""
+        # Imported here: the handover reads the whole config's models, this module among them.
+        from gateway.config.handover import settings_of  # noqa: PLC0415
+
+        settings: ModbusDeviceSettings = settings_of(self)
+        return settings.info()
 
     @field_validator("points", mode="after")
     @classmethod
