@@ -14,12 +14,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers.factories import bus_driver_factory
-from drivers.host.config import HostDevice, HostMetric
+from drivers.host.config import HostDevice
 from drivers.host.driver import HostSystem
+from drivers.host.settings import HostDeviceSettings, HostMetric
 from drivers.host.sources import THROTTLED_BITS, decode_throttled, parse_vcgencmd_throttled
-from gateway.config.loader import parse_config
+from gateway.config.handover import settings_of
 from gateway.errors import DeviceUnreachable
 from gateway.readings import Quality, Reading
+from tests.harness import settings_from_text
 
 READ_AT = 1_700_000_000.25
 THROTTLED = [metric for metric in HostMetric if metric in THROTTLED_BITS]
@@ -39,13 +41,17 @@ class FixedClock:
         await asyncio.sleep(seconds)
 
 
-def device(*metrics: HostMetric, filesystem: Path = Path("/var/lib/fieldgate")) -> HostDevice:
+def device(
+    *metrics: HostMetric, filesystem: Path = Path("/var/lib/fieldgate")
+) -> HostDeviceSettings:
     chosen = list(metrics) if metrics else list(HostMetric)
-    return HostDevice(name="box", bus="this-box", metrics=chosen, filesystem=filesystem)
+    model = HostDevice(name="box", bus="this-box", metrics=chosen, filesystem=filesystem)
+    settings: HostDeviceSettings = settings_of(model)
+    return settings
 
 
 async def read_once(
-    config: HostDevice,
+    config: HostDeviceSettings,
     root: Path = Path("/"),
     vcgencmd: str | None = None,
     vcgencmd_timeout: float = 2.0,
@@ -242,7 +248,7 @@ async def test_missing_metrics_are_logged_once_not_every_poll(
 
 
 async def test_the_catalog_opens_a_host_bus_from_a_config(tmp_path: Path):
-    config = parse_config(
+    config = settings_from_text(
         f"""
 gateway: {{id: gw}}
 mqtt: {{host: 127.0.0.1}}

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from drivers.host.config import HostBus, HostDevice, HostMetric
+from drivers.host.settings import HostBusSettings, HostDeviceSettings, HostMetric
 from drivers.host.sources import (
     SOURCE_OF,
     UNIT_OF,
@@ -49,7 +49,7 @@ class HostSystem:
 
     def __init__(
         self,
-        devices: Sequence[HostDevice],
+        devices: Sequence[HostDeviceSettings],
         clock: Clock,
         *,
         root: Path = Path("/"),
@@ -77,7 +77,9 @@ class HostSystem:
         return None
 
 
-def open_host_bus(bus: HostBus, devices: Sequence[HostDevice], clock: Clock) -> HostSystem:
+def open_host_bus(
+    bus: HostBusSettings, devices: Sequence[HostDeviceSettings], clock: Clock
+) -> HostSystem:
     return HostSystem(devices, clock)
 
 
@@ -86,7 +88,7 @@ class HostPolledDevice:
 
     def __init__(
         self,
-        config: HostDevice,
+        config: HostDeviceSettings,
         clock: Clock,
         root: Path,
         ask_vcgencmd: Callable[[], Awaitable[Outcome]] | None,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from drivers.host.config import HostMetric
+from drivers.host.settings import HostMetric
 
 
 @dataclass(frozen=True, slots=True)
