@@ -37,6 +37,7 @@ from bench.end_to_end import buffer_state, cpu_seconds, status_kib
 from drivers.ble.config import BleBus, BleDevice
 from drivers.ble.driver import BleAdapter
 from gateway.clock import SystemClock
+from gateway.config.handover import settings_of
 from gateway.errors import DeviceError
 from gateway.readings import DeviceIdentity, Reading
 
@@ -85,19 +86,22 @@ def decode_rate(kind: str, fmt: str, sensors: int, per_sensor: int) -> tuple[flo
     key_file.write_text(KEY.hex())
     try:
         devices = [
-            BleDevice.model_validate(
-                {
-                    "name": f"s{n}",
-                    "bus": "radio",
-                    "address": address(n),
-                    "format": fmt,
-                    "interval": "10s",
-                    **({"bind_key_file": str(key_file)} if "encrypted" in kind else {}),
-                }
+            settings_of(
+                BleDevice.model_validate(
+                    {
+                        "name": f"s{n}",
+                        "bus": "radio",
+                        "address": address(n),
+                        "format": fmt,
+                        "interval": "10s",
+                        **({"bind_key_file": str(key_file)} if "encrypted" in kind else {}),
+                    }
+                )
             )
             for n in range(sensors)
         ]
-        adapter = BleAdapter(BleBus(name="radio", type="ble"), devices, SystemClock())
+        bus = settings_of(BleBus(name="radio", type="ble"))
+        adapter = BleAdapter(bus, devices, SystemClock())
         asyncio.run(adapter.open_decoders(_NoSink()))
         make = payload_maker(kind)
         # Built before the clock starts: encoding (AES included) is the simulator's cost.

@@ -17,12 +17,14 @@ from fieldgate_sim.bluez import formats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.ble.config import BleBus, BleDevice, Format, GattPoint
+from drivers.ble.config import BleBus, BleDevice, GattPoint
 from drivers.ble.decode import Advert, AdvertDecoder, Decoded, Rejected, Rejection
 from drivers.ble.driver import BleAdapter
 from drivers.ble.gatt import decode_characteristic
 from drivers.ble.keys import bind_key_of
+from drivers.ble.settings import BleBusSettings, BleDeviceSettings, Format, GattPointSettings
 from gateway.clock import SystemClock
+from gateway.config.handover import settings_of
 from gateway.config.loader import parse_config
 from gateway.errors import ConfigError, DeviceError, DeviceProtocolError
 from gateway.readings import DeviceIdentity
@@ -180,8 +182,22 @@ def test_any_advertisement_bytes_give_values_or_a_rejection(
                 assert measurement.name
 
 
-def point(**fields: object) -> GattPoint:
-    return GattPoint.model_validate({"name": "p", "characteristic": "2a6e", **fields})
+def point(**fields: object) -> GattPointSettings:
+    settings: GattPointSettings = settings_of(
+        GattPoint.model_validate({"name": "p", "characteristic": "2a6e", **fields})
+    )
+    return settings
+
+
+def ble_device(fields: dict[str, object]) -> BleDeviceSettings:
+    """A BLE device's settings, as the driver gets them from a validated config."""
+    settings: BleDeviceSettings = settings_of(BleDevice.model_validate(fields))
+    return settings
+
+
+def radio() -> BleBusSettings:
+    settings: BleBusSettings = settings_of(BleBus(name="radio", type="ble"))
+    return settings
 
 
 @pytest.mark.parametrize(
@@ -209,11 +225,11 @@ def test_gatt_bytes_too_short_are_refused():
 def test_a_bind_key_comes_from_its_file_or_credential_and_never_into_a_message(tmp_path: Path):
     key_file = tmp_path / "key"
     key_file.write_text(KEY.hex().upper() + "\n")
-    device = BleDevice.model_validate(
+    device = ble_device(
         {"name": "s", "bus": "b", "address": ADDRESS, "bind_key_file": str(key_file)}
     )
     assert bind_key_of(device, {}) == KEY
-    credential = BleDevice.model_validate(
+    credential = ble_device(
         {"name": "s", "bus": "b", "address": ADDRESS, "bind_key_credential": "cold-room"}
     )
     (tmp_path / "cold-room").write_text(KEY.hex())
@@ -313,12 +329,12 @@ class _Sink:
 )
 def test_the_driver_takes_any_advertisement_bytes_and_counts_each(adverts):
     devices = [
-        BleDevice.model_validate({"name": "auto", "bus": "radio", "address": "A4:C1:38:00:00:01"}),
-        BleDevice.model_validate(
+        ble_device({"name": "auto", "bus": "radio", "address": "A4:C1:38:00:00:01"}),
+        ble_device(
             {"name": "bthome", "bus": "radio", "address": "A4:C1:38:00:00:02", "format": "bthome"}
         ),
     ]
-    adapter = BleAdapter(BleBus(name="radio", type="ble"), devices, SystemClock())
+    adapter = BleAdapter(radio(), devices, SystemClock())
     sink = _Sink()
     asyncio.run(adapter.open_decoders(sink))
     for address, service_data, manufacturer_data in adverts:
@@ -355,10 +371,10 @@ def _advertise(adapter: BleAdapter, address: str, payload: formats.Payload) -> N
 def test_a_wrong_key_is_counted_per_advert_and_reported_once_without_the_key(tmp_path: Path):
     wrong = "00112233445566778899aabbccddeeff"
     (tmp_path / "k").write_text(wrong)
-    device = BleDevice.model_validate(
+    device = ble_device(
         {"name": "s", "bus": "radio", "address": ADDRESS, "bind_key_file": str(tmp_path / "k")}
     )
-    adapter = BleAdapter(BleBus(name="radio", type="ble"), [device], SystemClock())
+    adapter = BleAdapter(radio(), [device], SystemClock())
     sink = _Sink()
     asyncio.run(adapter.open_decoders(sink))
     for n in range(5):
@@ -372,10 +388,10 @@ def test_a_wrong_key_is_counted_per_advert_and_reported_once_without_the_key(tmp
 
 def test_the_driver_describes_a_sensor_when_it_learns_something_new_of_it(tmp_path: Path):
     (tmp_path / "k").write_text(KEY.hex())
-    device = BleDevice.model_validate(
+    device = ble_device(
         {"name": "mi", "bus": "radio", "address": ADDRESS, "bind_key_file": str(tmp_path / "k")}
     )
-    adapter = BleAdapter(BleBus(name="radio", type="ble"), [device], SystemClock())
+    adapter = BleAdapter(radio(), [device], SystemClock())
     sink = _Sink()
     asyncio.run(adapter.open_decoders(sink))
     for n, (measurement, value) in enumerate((("temperature", 4.5), ("temperature", 4.6))):

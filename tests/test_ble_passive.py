@@ -36,6 +36,7 @@ from fieldgate_sim.mosquitto import MosquittoBroker
 from drivers.ble.config import BleDevice
 from drivers.ble.driver import PASSIVE_PATTERNS, ConnectionBudget
 from drivers.ble.gatt import GattDevice
+from gateway.config.handover import settings_of
 from gateway.errors import DeviceUnreachable
 from tests.harness import GatewayProcess, gateway_yaml, start_gateway, wait_until
 from tests.manual_clock import ManualClock
@@ -273,13 +274,15 @@ async def test_the_monitor_api_behaves_as_bluez_documents_it_for_any_client():
 async def test_a_gatt_device_unheard_by_a_passive_scan_is_reported_with_the_fix():
     """A GATT sensor's adverts match none of the driver's patterns, so a passive scan never
     hears it (as the simulated BlueZ shows above): its poll says what to change."""
-    config = BleDevice.model_validate(
-        {
-            "name": "gatt",
-            "bus": "radio",
-            "address": GATT,
-            "points": [{"name": "battery", "characteristic": "2a19", "type": "u8"}],
-        }
+    config = settings_of(
+        BleDevice.model_validate(
+            {
+                "name": "gatt",
+                "bus": "radio",
+                "address": GATT,
+                "points": [{"name": "battery", "characteristic": "2a19", "type": "u8"}],
+            }
+        )
     )
     heard: dict[str, BLEDevice] = {}  # the scan heard nothing of it
     device = GattDevice(

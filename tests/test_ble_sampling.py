@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.ble.config import Sampling
 from drivers.ble.sampling import SensorSampler, mean_of
+from drivers.ble.settings import Sampling
 from gateway.readings import PointValue
 from tests.manual_clock import ManualClock
 

@@ -10,11 +10,23 @@ tickets and chats.
 from __future__ import annotations
 
 import re
-from enum import StrEnum
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
+from drivers.ble.settings import (
+    BASE_UUID,
+    KEYED_FORMATS,
+    BleBusSettings,
+    BleDeviceSettings,
+    Format,
+    GattMode,
+    GattPointSettings,
+    GattType,
+    Sampling,
+    ScanningMode,
+    advert_format_of,
+)
 from drivers.modbus.config import ByteOrder
 from gateway.config.fields import (
     AnswerTimeout,
@@ -26,22 +38,10 @@ from gateway.config.fields import (
     LocalPath,
     Name,
     StrictModel,
+    format_duration,
 )
-from gateway.readings import DeviceInfo, PointInfo
 
 _MAC = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}")
-#: The Bluetooth base UUID: a 16-bit UUID ``xxxx`` is ``0000xxxx-0000-1000-8000-00805f9b34fb``.
-_BASE_UUID = "0000{}-0000-1000-8000-00805f9b34fb"
-#: What a standard characteristic measures (Bluetooth SIG assigned numbers, GATT
-#: Specification Supplement), in Home Assistant's device classes: the fleet's description
-#: tells it, and Home Assistant's discovery uses it where it takes the point's unit with it.
-CHARACTERISTIC_CLASSES = {
-    _BASE_UUID.format("2a6e"): "temperature",  # Temperature (0.01 °C)
-    _BASE_UUID.format("2a1f"): "temperature",  # Temperature Celsius (0.1 °C)
-    _BASE_UUID.format("2a6f"): "humidity",  # Humidity (0.01 %)
-    _BASE_UUID.format("2a19"): "battery",  # Battery Level (%)
-    _BASE_UUID.format("2a6d"): "pressure",  # Pressure (0.1 Pa)
-}
 _UUID16 = re.compile(r"(?:0x)?([0-9A-Fa-f]{4})")
 _UUID128 = re.compile(
     r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
@@ -72,7 +72,7 @@ def check_uuid(text: str) -> str:
     """A characteristic UUID: 16-bit (``2a6e``, ``0x2A6E``) or 128-bit, as the full lowercase
     128-bit form bleak reports."""
     if match := _UUID16.fullmatch(text):
-        return _BASE_UUID.format(match.group(1).lower())
+        return BASE_UUID.format(match.group(1).lower())
     if _UUID128.fullmatch(text):
         return text.lower()
     raise ValueError(
@@ -102,71 +102,11 @@ CharacteristicUuid = Annotated[
 ]
 
 
-class ScanningMode(StrEnum):
-    """Active scanning asks every device for its scan response (more radio, more battery of
-    the sensors, and some formats need it); passive only listens (BlueZ 5.56+ with its
-    experimental advertisement monitor)."""
-
-    ACTIVE = "active"
-    PASSIVE = "passive"
-
-
-class Format(StrEnum):
-    """Which parser decodes a sensor's advertisements."""
-
-    #: Try every parser on the first advertisements and keep the one that decodes them.
-    AUTO = "auto"
-    BTHOME = "bthome"
-    RUUVI = "ruuvi"
-    #: Xiaomi's MiBeacon (plain and encrypted).
-    XIAOMI = "xiaomi"
-    #: The atc1441 and pvvx custom formats of the ATC_MiThermometer firmware (LYWSD03MMC ...),
-    #: and pvvx's encrypted ones.
-    ATC = "atc"
-    GOVEE = "govee"
-    THERMOPRO = "thermopro"
-
-
-#: Formats that may be encrypted with a bind key.
-KEYED_FORMATS = frozenset({Format.AUTO, Format.BTHOME, Format.XIAOMI, Format.ATC})
-
-
-class Sampling(StrEnum):
-    """What one reading per interval carries of the advertisements heard in it."""
-
-    #: The newest value of each measurement.
-    LAST = "last"
-    #: The mean of each numeric measurement (text: the newest).
-    MEAN = "mean"
-
-
-class GattType(StrEnum):
-    """How a characteristic's bytes encode its value: Modbus points' type names, plus the one-
-    byte integers characteristics often hold (battery level 0x2A19 is a u8)."""
-
-    U8 = "u8"
-    I8 = "i8"
-    U16 = "u16"
-    I16 = "i16"
-    U32 = "u32"
-    I32 = "i32"
-    U64 = "u64"
-    I64 = "i64"
-    F32 = "f32"
-    F64 = "f64"
-    #: UTF-8 text (the device name 0x2A00, a firmware revision 0x2A26).
-    STRING = "string"
-
-
-class GattMode(StrEnum):
-    #: Read the characteristic (ATT read) once per poll.
-    READ = "read"
-    #: Subscribe and take the first notification (for values the device only pushes).
-    NOTIFY = "notify"
-
-
 class GattPoint(StrictModel):
     """One value of a GATT device: a characteristic and how to decode its bytes."""
+
+    # Typed by StrictModel: annotated here, ``type`` would be the field below, not the builtin.
+    settings = GattPointSettings
 
     name: Name = Field(description="Unique within the device; the key in the payload's values")
     characteristic: CharacteristicUuid
@@ -243,33 +183,15 @@ class BleDevice(DeviceBase):
         description="GATT characteristics to read on the interval (a GATT device)",
     )
 
-    kind: ClassVar[str] = "ble"
-
-    def info(self) -> DeviceInfo:
-        # An advertiser's points are what its sensor sends (known once it is heard); a GATT
-        # device's are its configured characteristics, which say what they measure.
-        return DeviceInfo(
-            self.name,
-            self.bus,
-            self.kind,
-            points=tuple(
-                PointInfo(
-                    point.name,
-                    point.unit,
-                    text=point.type is GattType.STRING,
-                    device_class=CHARACTERISTIC_CLASSES.get(point.characteristic),
-                )
-                for point in self.points
-            ),
-        )
+    settings: ClassVar[type[Any]] = BleDeviceSettings
+    kind: ClassVar[str] = BleDeviceSettings.kind
 
     @property
     def advert_format(self) -> Format:
-        return self.format or Format.AUTO
+        return advert_format_of(self.format)
 
-    @property
-    def is_gatt(self) -> bool:
-        return bool(self.points)
+    def settings_extras(self) -> dict[str, object]:
+        return {"stale_after_text": format_duration(self.stale_after)}
 
     @model_validator(mode="after")
     def _consistent(self) -> BleDevice:
@@ -302,6 +224,8 @@ class BleDevice(DeviceBase):
 
 class BleBus(BusBase):
     """A Bluetooth adapter, through BlueZ (bleak's Linux backend)."""
+
+    settings: ClassVar[type[Any]] = BleBusSettings
 
     type: Literal["ble"]
     adapter: str = Field(
@@ -339,7 +263,7 @@ class BleBus(BusBase):
         if (
             self.scanning is ScanningMode.PASSIVE
             and isinstance(device, BleDevice)
-            and device.is_gatt
+            and device.points
         ):
             return (
                 f"bus {self.name!r} scans passively, which never hears a GATT device (only "

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from bleak.backends.device import BLEDevice
 
 from drivers.ble.atc import ATC_SERVICE_UUID, Locked, decode_atc
-from drivers.ble.config import Format
+from drivers.ble.settings import Format
 
 #: The parser's own RSSI entity: the driver reports the RSSI of the advertisement itself.
 _SIGNAL_STRENGTH = "signal_strength"

@@ -31,15 +31,14 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakBluetoothNotAvailableError, BleakDBusError, BleakError
 
-from drivers.ble.config import BleBus, BleDevice, ScanningMode
 from drivers.ble.decode import AdvertDecoder, Decoded, Rejection
 from drivers.ble.gatt import GattDevice
 from drivers.ble.keys import bind_key_of
 from drivers.ble.sampling import SensorSampler
 from drivers.ble.scan_data import advert_from
+from drivers.ble.settings import BleBusSettings, BleDeviceSettings, ScanningMode
 from gateway.backoff import Backoff
 from gateway.clock import Clock
-from gateway.config.fields import format_duration
 from gateway.driver import LineCounts, ReadingSink
 from gateway.errors import DeviceError, DeviceProtocolError, DeviceTimeout, DeviceUnreachable
 from gateway.readings import DeviceIdentity, PointInfo, PointValue, reading_from_values
@@ -86,7 +85,7 @@ class ConnectionBudget:
 class _Advertiser:
     """A configured advertising sensor and what the driver knows of it."""
 
-    config: BleDevice
+    config: BleDeviceSettings
     sampler: SensorSampler
     address: str | None
     decoder: AdvertDecoder | None = None
@@ -105,7 +104,7 @@ class AdapterTrouble(Exception):
     """The adapter cannot scan; the message says why and what to check."""
 
 
-def describe_trouble(exc: BaseException, bus: BleBus) -> str:  # noqa: PLR0911 - one per kind
+def describe_trouble(exc: BaseException, bus: BleBusSettings) -> str:  # noqa: PLR0911 - one per kind
     """One line a technician can act on, from what bleak or dbus-fast raised."""
     adapter = bus.adapter
     if isinstance(exc, BleakDBusError):
@@ -140,7 +139,9 @@ class BleAdapter:
     """One Bluetooth adapter as a bus: a streaming driver for its advertisers and the polled
     GATT devices. Entering it does nothing: scanning starts in :meth:`stream`."""
 
-    def __init__(self, bus: BleBus, devices: Sequence[BleDevice], clock: Clock) -> None:
+    def __init__(
+        self, bus: BleBusSettings, devices: Sequence[BleDeviceSettings], clock: Clock
+    ) -> None:
         self._bus = bus
         self._clock = clock
         self._budget = ConnectionBudget(bus.max_connections)
@@ -307,7 +308,7 @@ class BleAdapter:
                 return
 
     def _missing(self, advertiser: _Advertiser) -> DeviceError:
-        limit = format_duration(advertiser.config.stale_after)
+        limit = advertiser.config.stale_after_text
         where = advertiser.address or f"name {advertiser.config.name_pattern!r}"
         if not advertiser.sampler.heard_ever:
             return DeviceTimeout(f"{where} not heard since the scan started ({limit} ago)")
@@ -406,5 +407,7 @@ class BleAdapter:
         return None
 
 
-def open_ble_bus(bus: BleBus, devices: Sequence[BleDevice], clock: Clock) -> BleAdapter:
+def open_ble_bus(
+    bus: BleBusSettings, devices: Sequence[BleDeviceSettings], clock: Clock
+) -> BleAdapter:
     return BleAdapter(bus, devices, clock)

@@ -16,7 +16,7 @@ from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.device import BLEDevice
 from bleak.exc import BleakError
 
-from drivers.ble.config import BleDevice, GattMode, GattPoint, GattType
+from drivers.ble.settings import BleDeviceSettings, GattMode, GattPointSettings, GattType
 from drivers.modbus.config import ByteOrder
 from drivers.modbus.decode import scale_value, shortest_float32
 from gateway.clock import Clock, epoch_ms
@@ -44,7 +44,7 @@ _STRUCT_CODE: dict[GattType, str] = {
 _DISCONNECT_TIMEOUT = 5.0
 
 
-def decode_characteristic(point: GattPoint, data: bytes) -> int | float | str:
+def decode_characteristic(point: GattPointSettings, data: bytes) -> int | float | str:
     """The value of ``point`` in a characteristic's bytes. Raises ValueError if they are too
     short for it."""
     if point.type is GattType.STRING:
@@ -66,7 +66,7 @@ class GattDevice:
 
     def __init__(  # noqa: PLR0917 - built in one place, from the bus's parts
         self,
-        config: BleDevice,
+        config: BleDeviceSettings,
         adapter: str,
         budget: ConnectionBudget,
         find: Callable[[str], BLEDevice | None],
@@ -142,7 +142,7 @@ class GattDevice:
         except BleakError as exc:
             raise DeviceUnreachable(f"connect to {self._address} failed: {exc}") from None
 
-    async def _value(self, client: BleakClient, point: GattPoint) -> PointValue:
+    async def _value(self, client: BleakClient, point: GattPointSettings) -> PointValue:
         try:
             async with asyncio.timeout(self._timeout):
                 if point.mode is GattMode.NOTIFY:

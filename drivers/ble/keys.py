@@ -8,14 +8,16 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from drivers.ble.config import BleDevice
+from drivers.ble.settings import BleDeviceSettings
 from gateway.errors import DeviceProtocolError
 
 #: BTHome and MiBeacon v4/v5 keys are 16 bytes; older MiBeacon (v2/v3) keys 12.
 _KEY = re.compile(r"[0-9A-Fa-f]{24}|[0-9A-Fa-f]{32}")
 
 
-def bind_key_of(device: BleDevice, environ: Mapping[str, str] | None = None) -> bytes | None:
+def bind_key_of(
+    device: BleDeviceSettings, environ: Mapping[str, str] | None = None
+) -> bytes | None:
     """The device's bind key, or None if it has none configured. Raises
     :class:`DeviceProtocolError` naming the file (never the key) when it cannot be used."""
     where = _where(device, os.environ if environ is None else environ)
@@ -36,7 +38,7 @@ def bind_key_of(device: BleDevice, environ: Mapping[str, str] | None = None) -> 
     return bytes.fromhex(text)
 
 
-def _where(device: BleDevice, environ: Mapping[str, str]) -> tuple[Path, str] | None:
+def _where(device: BleDeviceSettings, environ: Mapping[str, str]) -> tuple[Path, str] | None:
     if device.bind_key_file is not None:
         return device.bind_key_file, f"devices.{device.name}.bind_key_file"
     if device.bind_key_credential is None:

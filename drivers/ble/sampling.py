@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from drivers.ble.config import Sampling
+from drivers.ble.settings import Sampling
 from gateway.readings import PointValue
 
 

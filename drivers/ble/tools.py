@@ -18,11 +18,13 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakError
 
-from drivers.ble.config import BleBus, Format
+from drivers.ble.config import BleBus
 from drivers.ble.decode import AdvertDecoder, Decoded, Rejected, Rejection
 from drivers.ble.driver import describe_trouble
 from drivers.ble.scan_data import advert_from
+from drivers.ble.settings import BleBusSettings, Format
 from drivers.table import write_table
+from gateway.config.handover import settings_of
 
 EX_UNAVAILABLE = 69
 
@@ -40,8 +42,13 @@ class Heard:
     encrypted: bool = False
 
 
-def bus_of(args: argparse.Namespace, load_config: Callable[[Any], Any]) -> BleBus:
+def bus_of(args: argparse.Namespace, load_config: Callable[[Any], Any]) -> BleBusSettings:
     """The adapter to listen on: a BLE bus of the config (``-c FILE BUS``), or ``--adapter``."""
+    settings: BleBusSettings = settings_of(_bus_model(args, load_config))
+    return settings
+
+
+def _bus_model(args: argparse.Namespace, load_config: Callable[[Any], Any]) -> BleBus:
     if args.config and args.bus != "ble":
         config = load_config(args.config)
         for bus in config.buses:
