@@ -22,12 +22,21 @@ from drivers.ble.decode import Advert, AdvertDecoder, Decoded, Rejected, Rejecti
 from drivers.ble.driver import BleAdapter
 from drivers.ble.gatt import decode_characteristic
 from drivers.ble.keys import bind_key_of
-from drivers.ble.settings import BleBusSettings, BleDeviceSettings, Format, GattPointSettings
+from drivers.ble.settings import (
+    BleBusSettings,
+    BleDeviceSettings,
+    Format,
+    GattMode,
+    GattPointSettings,
+    GattType,
+    Sampling,
+    ScanningMode,
+)
 from gateway.clock import SystemClock
-from gateway.config.handover import settings_of
+from gateway.config.handover import settings_of, to_settings
 from gateway.config.loader import parse_config
 from gateway.errors import ConfigError, DeviceError, DeviceProtocolError
-from gateway.readings import DeviceIdentity
+from gateway.readings import DeviceIdentity, DeviceInfo, PointInfo
 from tests.harness import REPO, run_fieldgate
 
 ADDRESS = "54:48:E6:8F:80:A5"
@@ -299,6 +308,56 @@ def test_a_good_ble_config_is_accepted():
     assert isinstance(device, BleDevice)
     assert device.advert_format is Format.AUTO
     assert device.stale_after == 600.0
+
+
+def test_the_settings_of_a_ble_config_carry_its_values_and_describe_its_devices():
+    config = to_settings(
+        parse_config(
+            CONFIG.format(
+                device="{name: s, bus: radio, name_pattern: 'ATC_*', sampling: mean, "
+                "stale_after: 90s, bind_key_credential: cold-room}\n"
+                "  - {name: g, bus: radio, address: 'a4:c1:38:12:34:56', interval: 1m, points: ["
+                "{name: hum, characteristic: 2a6f, type: u16, scale: 0.01, unit: '%'}, "
+                "{name: fw, characteristic: '0x2A26', type: string, mode: notify}]}"
+            ),
+            "fieldgate.yaml",
+        )
+    )
+    bus = config.buses[0]
+    assert isinstance(bus, BleBusSettings)
+    assert (bus.adapter, bus.scanning, bus.max_connections) == ("hci0", ScanningMode.ACTIVE, 3)
+    advertiser, gatt = config.devices
+    assert isinstance(advertiser, BleDeviceSettings)
+    assert isinstance(gatt, BleDeviceSettings)
+    # Where the key is, never the key: the driver reads it when the bus opens.
+    assert advertiser.bind_key_credential == "cold-room"
+    assert advertiser.bind_key_file is None
+    assert (advertiser.advert_format, advertiser.sampling) == (Format.AUTO, Sampling.MEAN)
+    assert (advertiser.stale_after, advertiser.stale_after_text) == (90.0, "1m30s")
+    assert not advertiser.is_gatt
+    assert advertiser.info() == DeviceInfo("s", "radio", "ble")
+    assert gatt.is_gatt
+    assert gatt.address == "A4:C1:38:12:34:56"
+    assert gatt.interval == 60.0
+    humidity, firmware = gatt.points
+    assert humidity.characteristic == "00002a6f-0000-1000-8000-00805f9b34fb"
+    assert (humidity.type, humidity.scale, humidity.mode) == (GattType.U16, 0.01, GattMode.READ)
+    assert (firmware.type, firmware.mode) == (GattType.STRING, GattMode.NOTIFY)
+    assert gatt.info() == DeviceInfo(
+        "g",
+        "radio",
+        "ble",
+        points=(PointInfo("hum", "%", device_class="humidity"), PointInfo("fw", None, text=True)),
+    )
+    # A config-side reader (check, Home Assistant's discovery tests) hears the same.
+    models = parse_config(
+        CONFIG.format(
+            device="{name: g, bus: radio, address: 'A4:C1:38:12:34:56', "
+            "points: [{name: hum, characteristic: 2a6f, type: u16}]}"
+        ),
+        "fieldgate.yaml",
+    )
+    assert models.devices[0].info() == to_settings(models).devices[0].info()
 
 
 class _Sink:
