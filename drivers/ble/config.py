@@ -27,7 +27,7 @@ from drivers.ble.settings import (
     ScanningMode,
     advert_format_of,
 )
-from drivers.modbus.config import ByteOrder
+from drivers.modbus.settings import ByteOrder
 from gateway.config.fields import (
     AnswerTimeout,
     BackoffCap,

@@ -17,8 +17,8 @@ from bleak.backends.device import BLEDevice
 from bleak.exc import BleakError
 
 from drivers.ble.settings import BleDeviceSettings, GattMode, GattPointSettings, GattType
-from drivers.modbus.config import ByteOrder
 from drivers.modbus.decode import scale_value, shortest_float32
+from drivers.modbus.settings import ByteOrder
 from gateway.clock import Clock, epoch_ms
 from gateway.errors import DeviceProtocolError, DeviceTimeout, DeviceUnreachable
 from gateway.readings import PointValue, Reading, reading_from_values

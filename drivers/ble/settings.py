@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import ClassVar
 
-from drivers.modbus.config import ByteOrder
+from drivers.modbus.settings import ByteOrder
 from gateway.readings import DeviceInfo, PointInfo
 from gateway.settings import BusSettings, DeviceSettings
 
