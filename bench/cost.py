@@ -347,7 +347,7 @@ def _py_spy(pid: int, seconds: float, output: Path) -> subprocess.Popen[bytes]:
 
 
 def _seconds(interval: str) -> float:
-    from gateway.config.fields import parse_duration  # noqa: PLC0415 - only for the bench
+    from gateway.quantities import parse_duration  # noqa: PLC0415 - only for the bench
 
     return parse_duration(interval)
 

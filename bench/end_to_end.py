@@ -36,7 +36,7 @@ from fieldgate_sim.modbus_server import run_many_in_thread
 from fieldgate_sim.mosquitto import MosquittoBroker, mosquitto_available
 from fieldgate_sim.sdm630 import INPUT_REGISTERS
 
-from gateway.config.fields import parse_duration
+from gateway.quantities import parse_duration
 
 REPO = Path(__file__).resolve().parent.parent
 METERS = 50

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from drivers.host.config import HostDevice, HostMetric
 from drivers.modbus.config import ModbusDevice
 from gateway.config import loader
-from gateway.config.fields import parse_duration, parse_size
 from gateway.config.handover import to_settings
 from gateway.config.isolated import parse_settings, read_settings
 from gateway.config.loader import config_json_schema_text, load_config, parse_config
 from gateway.errors import ConfigError
+from gateway.quantities import parse_duration, parse_size
 from tests.harness import REPO, run_fieldgate
 
 CASES = sorted(p for p in (Path(__file__).parent / "config_cases").iterdir() if p.is_dir())

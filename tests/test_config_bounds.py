@@ -12,13 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config.fields import (
-    MAX_DURATION,
-    TOPIC_PREFIX_MAX,
-    format_duration,
-    parse_duration,
-    parse_size,
-)
+from gateway.config.fields import TOPIC_PREFIX_MAX
 from gateway.config.loader import (
     STATE_DIRECTORY,
     config_json_schema,
@@ -26,6 +20,7 @@ from gateway.config.loader import (
 )
 from gateway.config.source import MAX_FILE_BYTES
 from gateway.errors import ConfigError
+from gateway.quantities import MAX_DURATION, format_duration, parse_duration, parse_size
 from tests.harness import REPO
 from tests.wire import dialect as wire_dialect
 

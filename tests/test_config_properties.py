@@ -30,10 +30,10 @@ from hypothesis import HealthCheck, Phase, assume, event, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.config.fields import DURATION_PATTERN, SIZE_PATTERN
 from gateway.config.loader import config_json_schema, parse_config
 from gateway.config.model import GatewayConfig
 from gateway.errors import ConfigError
+from gateway.quantities import DURATION_PATTERN, SIZE_PATTERN
 from gateway.scheduler import next_slot
 from tests.harness import REPO, GatewayProcess
 from tests.schema_strategy import from_schema
@@ -105,8 +105,8 @@ def _obey_rules_across_keys(config: dict[str, Any]) -> None:
         for index, item in enumerate(config[section]):
             item["name"] = f"{item['name'][:50]}-{index}"
     host_buses = [bus["name"] for bus in config["buses"] if bus["type"] == "host"]
-    modbus_buses = [bus["name"] for bus in config["buses"] if bus["type"] != "host"]
-    for device in config["devices"]:
+    modbus_buses = [bus["name"] for bus in config["buses"] if bus["type"].startswith("modbus")]
+    for index, device in enumerate(config["devices"]):
         if host_buses and _fits(device, "HostDevice"):
             device["bus"] = host_buses[0]
         elif modbus_buses and _fits(device, "ModbusDevice"):
@@ -114,15 +114,39 @@ def _obey_rules_across_keys(config: dict[str, Any]) -> None:
             # Templates are the Modbus driver's data; points are what the schema describes.
             device.pop("template", None)
             device["points"] = device.get("points") or [dict(_PLAIN_POINT)]
+        elif modbus_buses or host_buses:
+            # Keys of no kind that has a bus here (a BLE sensor's, with no BLE bus): the
+            # plainest device of a kind that has one.
+            config["devices"][index] = {"name": device["name"]} | (
+                {"bus": modbus_buses[0], "points": [dict(_PLAIN_POINT)]}
+                if modbus_buses
+                else {"bus": host_buses[0]}
+            )
+    # Durations narrower than the schema's pattern can say (keepalive at least 1s, and so on):
+    # their defaults.
+    for section, key in _BOUNDED_DURATIONS:
+        if isinstance(config.get(section), dict):
+            config[section].pop(key, None)
     mqtt_section = config["mqtt"]
     if mqtt_section.get("password_file") and mqtt_section.get("password_credential"):
         del mqtt_section["password_file"]
-    if mqtt_section.get("password_file") or mqtt_section.get("password_credential"):
-        mqtt_section.setdefault("username", "fieldgate")
+    if (mqtt_section.get("password_file") or mqtt_section.get("password_credential")) and not (
+        mqtt_section.get("username")
+    ):
+        mqtt_section["username"] = "fieldgate"
     tls = mqtt_section.get("tls")
     if tls and (tls.get("cert_file") is None) != (tls.get("key_file") is None):
         tls.pop("cert_file", None)
         tls.pop("key_file", None)
+
+
+#: Durations whose bounds are narrower than every duration's (see DurationBounds).
+_BOUNDED_DURATIONS = (
+    ("gateway", "reload_rollback"),
+    ("mqtt", "keepalive"),
+    ("health", "interval"),
+    ("buffer", "commit_delay"),
+)
 
 
 @st.composite

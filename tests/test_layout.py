@@ -20,6 +20,8 @@ DRIVER_MAY_IMPORT_FROM_CORE = {
     "gateway.config.fields",
     # What a running bus gets of its config: settings (gateway/settings.py), not models.
     "gateway.settings",
+    # Durations as people write them ("not heard for 5m").
+    "gateway.quantities",
     # The tools (scan, probe) validate a bus's model, then open the bus with its settings.
     "gateway.config.handover",
 }

@@ -21,8 +21,8 @@ from fieldgate_sim.modbus_server import Sdm630Meter, start_in_thread
 from fieldgate_sim.mosquitto import MosquittoBroker
 
 from gateway.clock import Clock, SystemClock, epoch_ms
-from gateway.config.fields import parse_duration
 from gateway.config.model import GatewaySection
+from gateway.quantities import parse_duration
 from gateway.readings import PointValue, Reading
 from gateway.service import run_gateway
 from gateway.shutdown import ShutdownRequest

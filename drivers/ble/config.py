@@ -38,9 +38,7 @@ from gateway.config.fields import (
     LocalPath,
     Name,
     StrictModel,
-    format_duration,
 )
-from gateway.readings import DeviceInfo
 
 _MAC = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}")
 _UUID16 = re.compile(r"(?:0x)?([0-9A-Fa-f]{4})")
@@ -185,23 +183,10 @@ class BleDevice(DeviceBase):
     )
 
     settings: ClassVar[type[Any]] = BleDeviceSettings
-    kind: ClassVar[str] = BleDeviceSettings.kind
 
     @property
     def advert_format(self) -> Format:
         return advert_format_of(self.format)
-
-    def settings_extras(self) -> dict[str, object]:
-        return {"stale_after_text": format_duration(self.stale_after)}
-
-    def info(self) -> DeviceInfo:
-        """As the running gateway describes this device (:meth:`BleDeviceSettings.info`), for
-        config-side readers (``check``, tests)."""
-        # Imported here: the handover reads the whole config's models, this module among them.
-        from gateway.config.handover import settings_of  # noqa: PLC0415
-
-        settings: BleDeviceSettings = settings_of(self)
-        return settings.info()
 
     @model_validator(mode="after")
     def _consistent(self) -> BleDevice:

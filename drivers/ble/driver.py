@@ -41,6 +41,7 @@ from gateway.backoff import Backoff
 from gateway.clock import Clock
 from gateway.driver import LineCounts, ReadingSink
 from gateway.errors import DeviceError, DeviceProtocolError, DeviceTimeout, DeviceUnreachable
+from gateway.quantities import format_duration
 from gateway.readings import DeviceIdentity, PointInfo, PointValue, reading_from_values
 
 log = logging.getLogger(__name__)
@@ -308,7 +309,7 @@ class BleAdapter:
                 return
 
     def _missing(self, advertiser: _Advertiser) -> DeviceError:
-        limit = advertiser.config.stale_after_text
+        limit = format_duration(advertiser.config.stale_after)
         where = advertiser.address or f"name {advertiser.config.name_pattern!r}"
         if not advertiser.sampler.heard_ever:
             return DeviceTimeout(f"{where} not heard since the scan started ({limit} ago)")

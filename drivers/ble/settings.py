@@ -126,9 +126,6 @@ class BleDeviceSettings(DeviceSettings):
     sampling: Sampling
     #: Seconds without a word from the sensor before it is reported missing.
     stale_after: float
-    #: ``stale_after`` as people write it (``5m``), for the message that reports it missing:
-    #: written where the config's duration formatting is.
-    stale_after_text: str
     bind_key_file: Path | None
     bind_key_credential: str | None
     points: tuple[GattPointSettings, ...]

@@ -19,7 +19,6 @@ class HostDevice(DeviceBase):
     source for (no thermal zone, not a Raspberry Pi) is left out of the reading, never invented."""
 
     settings: ClassVar[type[Any]] = HostDeviceSettings
-    kind: ClassVar[str] = HostDeviceSettings.kind
 
     metrics: list[HostMetric] = Field(
         default=list(HostMetric),

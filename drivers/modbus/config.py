@@ -35,7 +35,6 @@ from gateway.config.fields import (
     StrictModel,
     shared,
 )
-from gateway.readings import DeviceInfo
 
 
 class ModbusPoint(StrictModel):
@@ -206,8 +205,6 @@ class ModbusDevice(DeviceBase):
         description="The values to read (with a template: points to add or replace)",
     )
 
-    kind: ClassVar[str] = "modbus"
-
     def settings_extras(self) -> dict[str, object]:
         """Whether ``max_gap`` was given (here or by the template: else the driver learns the
         gaps), and the template's meter for the fleet's description: the running gateway
@@ -222,15 +219,6 @@ class ModbusDevice(DeviceBase):
             "model": template.model if template else None,
             "medium": template.medium if template else None,
         }
-
-    def info(self) -> DeviceInfo:
-        """As the running gateway describes this device (:meth:`ModbusDeviceSettings.info`),
-        for config-side readers (``check``, tests)."""
-        # Imported here: the handover reads the whole config's models, this module among them.
-        from gateway.config.handover import settings_of  # noqa: PLC0415
-
-        settings: ModbusDeviceSettings = settings_of(self)
-        return settings.info()
 
     @field_validator("points", mode="after")
     @classmethod

@@ -22,10 +22,11 @@ from pydantic import BaseModel, Tag, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
-from gateway.config.fields import DeviceBase, brief, sharing_context
+from gateway.config.fields import DeviceBase, sharing_context
 from gateway.config.model import GatewayConfig
 from gateway.config.source import MAX_FILE_BYTES, read_config_text, too_large
 from gateway.errors import ConfigError
+from gateway.quantities import brief
 
 KeyPath = tuple[str | int, ...]
 
