@@ -985,6 +985,10 @@ class Buffer:
         #: Group commits done, and readings they held (the bench reads them).
         self.groups_committed = 0
         self.readings_committed = 0
+        #: Called on the loop with how many submitted readings each commit stored (not those
+        #: held in memory before it): counted where they are durable, not by their submitters,
+        #: whom a stop may cancel after the commit and before they hear of it.
+        self.on_stored: Callable[[int], None] | None = None
         #: The newest sequence number this buffer's commits gave (0 before the first).
         self.newest_given = 0
         self._flusher: asyncio.Task[None] | None = None
@@ -1340,6 +1344,8 @@ class Buffer:
                 future.set_result(seq)
         self.groups_committed += 1
         self.readings_committed += len(batch)
+        if self.on_stored is not None and group:
+            self.on_stored(len(group))
         self._after_commit()
         self._appended.set()
         if self._failing_since is not None:

@@ -133,8 +133,8 @@ class Progress:
     readings_lost: int = 0
     last_stored_at: float | None = None
 
-    def stored(self, now: float) -> None:
-        self.readings_stored += 1
+    def stored(self, now: float, count: int = 1) -> None:
+        self.readings_stored += count
         self.last_stored_at = now
 
 

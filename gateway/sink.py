@@ -32,6 +32,7 @@ class Sink:
         descriptions); without it, :meth:`describe` is ignored."""
         self._buffer = buffer
         self._health = health
+        buffer.on_stored = self._stored
         self._clock = clock
         self._descriptions = descriptions
         #: Held rows may wait from an earlier run in this boot: look once the clock is good.
@@ -63,12 +64,13 @@ class Sink:
         except Exception as exc:
             log.debug("unexpected error from the buffer", exc_info=exc)
             self._lost(f"unexpected {type(exc).__name__}: {exc}")
-        else:
-            self._health.progress.stored(self._clock.monotonic())
         finally:
             if stamped:
                 self._unsynced_in_flight -= 1
         device.succeeded(reading.read_at_ms)
+
+    def _stored(self, count: int) -> None:
+        self._health.progress.stored(self._clock.monotonic(), count)
 
     def _clock_synchronised(self) -> bool:
         synchronised = self._clock.synchronised()
