@@ -7,16 +7,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import select
 import socket
 import threading
 from collections.abc import Iterator
 
+import paho.mqtt.client as mqtt
 import pytest
 from fieldgate_sim.mosquitto import MosquittoBroker, free_port
+from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.errors import BrokerRefused, BrokerUnavailable, SubscriptionRefused
 from gateway.upstream.messages import IncomingMessage, OutgoingMessage
-from gateway.upstream.session import MqttSession
+from gateway.upstream.session import MqttSession, _Client
 
 #: Liveness bound for anything that should take milliseconds; never a performance claim.
 PATIENCE = 20.0
@@ -244,3 +247,114 @@ def test_cancelled_connect_is_abandoned_and_its_late_socket_closed(
         assert late.recv(1024) == b""
     connecting.join(timeout=PATIENCE * 3)
     assert not connecting.is_alive()
+
+
+# -- the paho client's overrides, against a scripted broker on a real TCP socket ---------------
+
+
+@contextlib.contextmanager
+def scripted_broker(max_inflight: int = 10) -> Iterator[tuple[_Client, socket.socket, list]]:
+    """A connected ``_Client`` and the broker's end of its TCP connection (CONNACK sent), and
+    what the client's callbacks saw (("ack", mid) and ("message", topic, payload))."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = _Client(
+            CallbackAPIVersion.VERSION2, "scripted", protocol=mqtt.MQTTv311, clean_session=True
+        )
+        client.max_inflight_messages_set(max_inflight)
+        seen: list = []
+        client.on_publish = lambda _c, _u, mid, _r, _p: seen.append(("ack", mid))
+        client.on_message = lambda _c, _u, m: seen.append(("message", m.topic, m.payload))
+        # With a register-write callback paho leaves every write to loop_write, as on the loop.
+        client.on_socket_register_write = lambda *_: None
+        client.connect("127.0.0.1", listener.getsockname()[1], keepalive=60)
+        broker, _ = listener.accept()
+        with broker:
+            broker.settimeout(PATIENCE)
+            client.loop_write()
+            assert received_packets(broker, 1)[0][0] >> 4 == 1  # CONNECT
+            broker.sendall(b"\x20\x02\x00\x00")  # CONNACK, accepted
+            wait_until_read(client, client.is_connected)
+            try:
+                yield client, broker, seen
+            finally:
+                client.socket().close()
+
+
+def received_packets(broker: socket.socket, count: int) -> list[tuple[int, bytes]]:
+    """``count`` MQTT packets (first byte, rest after the length) read by the broker."""
+    data = b""
+    packets: list[tuple[int, bytes]] = []
+    while len(packets) < count:
+        data += broker.recv(65536)
+        while len(data) >= 2:
+            length, shift, at = 0, 0, 1
+            while True:
+                byte = data[at]
+                length |= (byte & 0x7F) << shift
+                shift, at = shift + 7, at + 1
+                if not byte & 0x80:
+                    break
+            if len(data) < at + length:
+                break
+            packets.append((data[0], data[at : at + length]))
+            data = data[at + length :]
+    assert not data
+    return packets
+
+
+def wait_until_read(client: _Client, condition) -> None:
+    sock = client.socket()
+    deadline = PATIENCE
+    while not condition():
+        readable, _, _ = select.select([sock], [], [], deadline)
+        assert readable, "nothing arrived"
+        client.loop_read()
+
+
+def publish_packet(topic: str, payload: bytes) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic.encode() + payload
+    return bytes([0x30, len(body)]) + body
+
+
+def test_what_arrives_together_is_handled_by_one_read():
+    # Read ahead in one go: two messages and three PUBACKs that arrive together must all be
+    # handled now, although paho stops after as many packets as it has messages in flight
+    # and the socket will not be readable again for what was already taken from it.
+    with scripted_broker() as (client, broker, seen):
+        mids = [client.publish(f"t/{n}", b"x", qos=1).mid for n in range(3)]
+        client.loop_write()
+        assert len(received_packets(broker, 3)) == 3
+        acks = b"".join(b"\x40\x02" + mid.to_bytes(2, "big") for mid in mids)
+        broker.sendall(publish_packet("in/a", b"1") + publish_packet("in/b", b"2") + acks)
+        select.select([client.socket()], [], [], PATIENCE)
+        client.loop_read()
+        assert seen == [
+            ("message", "in/a", b"1"),
+            ("message", "in/b", b"2"),
+            *(("ack", mid) for mid in mids),
+        ]
+
+
+def test_queued_packets_leave_in_order_and_qos_0_counts_as_sent():
+    with scripted_broker() as (client, broker, _seen):
+        infos = [client.publish(f"t/{n}", bytes([n]), qos=n % 2) for n in range(6)]
+        client.loop_write()
+        packets = received_packets(broker, 6)
+        assert [(first >> 4, (first >> 1) & 3) for first, _ in packets] == [
+            (3, n % 2) for n in range(6)
+        ]
+        assert [body[2:5] for _, body in packets] == [f"t/{n}".encode() for n in range(6)]
+        assert all(info.is_published() for info in infos[0::2])  # QoS 0: once written
+        assert not any(info.is_published() for info in infos[1::2])  # QoS 1: at its PUBACK
+
+
+def test_messages_beyond_the_window_wait_for_a_puback():
+    with scripted_broker(max_inflight=2) as (client, broker, seen):
+        mids = [client.publish(f"t/{n}", b"x", qos=1).mid for n in range(4)]
+        client.loop_write()
+        assert len(received_packets(broker, 2)) == 2
+        broker.sendall(b"\x40\x02" + mids[0].to_bytes(2, "big"))
+        wait_until_read(client, lambda: seen == [("ack", mids[0])])
+        client.loop_write()
+        (third,) = received_packets(broker, 1)
+        assert third[1][:5] == b"\x00\x03t/2"

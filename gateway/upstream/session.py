@@ -26,7 +26,9 @@ from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.errors import BrokerRefused, BrokerUnavailable, SubscriptionRefused
@@ -82,14 +84,14 @@ class MqttSession:
         if protocol == "5":
             # MQTT 5 has clean_start (paho's default: on the first connect, and each client
             # connects once) instead of a clean session.
-            client = mqtt.Client(
+            client = _Client(
                 CallbackAPIVersion.VERSION2,
                 client_id,
                 protocol=mqtt.MQTTv5,
                 reconnect_on_failure=False,
             )
         else:
-            client = mqtt.Client(
+            client = _Client(
                 CallbackAPIVersion.VERSION2,
                 client_id,
                 clean_session=True,
@@ -435,6 +437,131 @@ class MqttSession:
         sock = self._client.socket()
         if isinstance(sock, socket.socket):
             self._unwatch(sock)
+
+
+class _Client(mqtt.Client):
+    """paho's client with its per-message costs cut where they are pure overhead for us, each
+    with the same outcome as paho's own code (tests/test_session.py checks these overrides
+    against the installed paho, as every session test exercises them):
+
+    - paho reads a packet with a ``recv`` per byte of its header and one for the rest (three
+      system calls per PUBACK): the socket is read 64 KiB at a time and paho's small reads are
+      served from that;
+    - consecutive packets whose sending has no consequence of its own (everything but a QoS 0
+      PUBLISH and a DISCONNECT) go out in one ``send`` instead of one each;
+    - a 2-byte PUBACK (all of 3.1.1's, and 5's without a reason or properties) is decoded
+      without building a reason code and a property set per message, which nobody reads;
+    - after each PUBACK paho walks every message in flight looking for one it queued behind
+      its window: it does so only when one is queued.
+    """
+
+    #: At most this much is sent as one packet of merged packets (paho resends the unsent rest
+    #: of a packet by slicing it: keep that bounded).
+    _MERGE_LIMIT = 1 << 16
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rx = bytearray()
+        self._rx_sock: object = None
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        rx = self._rx
+        if self._rx_sock is not self._sock:  # a new socket: nothing read from the old counts
+            rx.clear()
+            self._rx_sock = self._sock
+        if not rx:
+            data = super()._sock_recv(_READ_SIZE)
+            if len(data) <= bufsize:
+                return data  # also b"" at the end of the stream, as paho expects
+            rx += data
+        taken = bytes(rx[:bufsize])
+        del rx[:bufsize]
+        return taken
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        # paho stops after as many packets as it has messages in flight (at least one), but
+        # what was read ahead must not wait for the socket to become readable again: go on
+        # while it lasts (each round takes at least one byte of it). A TLS socket may hold a
+        # decrypted record too.
+        rc = super().loop_read(max_packets)
+        while rc == mqtt.MQTT_ERR_SUCCESS and self._sock is not None and self._read_ahead():
+            rc = super().loop_read(max_packets)
+        return rc
+
+    def _read_ahead(self) -> bool:
+        if self._rx and self._rx_sock is self._sock:
+            return True
+        pending = getattr(self._sock, "pending", None)
+        return pending is not None and bool(pending())
+
+    def loop_write(self) -> MQTTErrorCode:
+        queue = self._out_packet
+        if len(queue) > 1:
+            self._merge_out_packets(queue)
+        return super().loop_write()
+
+    def _merge_out_packets(self, queue: Any) -> None:
+        merged: list[Any] = []
+        run: list[Any] = []
+        size = 0
+        for packet in queue:
+            plain = _plain(packet)
+            if plain and size + packet["to_process"] <= self._MERGE_LIMIT:
+                run.append(packet)
+                size += packet["to_process"]
+                continue
+            merged.extend(_joined(run))
+            run, size = [], 0
+            if plain:
+                run.append(packet)
+                size = packet["to_process"]
+            else:
+                merged.append(packet)
+        merged.extend(_joined(run))
+        if len(merged) < len(queue):
+            queue.clear()
+            queue.extend(merged)
+
+    def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
+        packet = self._in_packet["packet"]
+        if cmd != "PUBACK" or len(packet) != 2:
+            return super()._handle_pubackcomp(cmd)
+        mid = (packet[0] << 8) | packet[1]
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                return self._do_on_publish(mid, _PUBACK_SUCCESS, _NO_PROPERTIES)
+        return mqtt.MQTT_ERR_SUCCESS
+
+    def _update_inflight(self) -> MQTTErrorCode:
+        # Every message held is in flight (none waits behind the window): nothing to send.
+        if len(self._out_messages) <= self._inflight_messages:
+            return mqtt.MQTT_ERR_SUCCESS
+        return super()._update_inflight()
+
+
+#: How much one read of the broker's socket takes.
+_READ_SIZE = 1 << 16
+#: What paho gives on_publish for a PUBACK without a reason code or properties.
+_PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)
+_NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]  # paho's
+
+
+def _plain(packet: Any) -> bool:
+    """Whether sending ``packet`` has no consequence but its bytes on the wire (paho acts on
+    a QoS 0 PUBLISH and a DISCONNECT once sent), and none of it was sent yet."""
+    if packet["pos"] != 0:
+        return False
+    kind = packet["command"] & 0xF0
+    return kind != mqtt.DISCONNECT and not (kind == mqtt.PUBLISH and packet["qos"] == 0)
+
+
+def _joined(run: list[Any]) -> list[Any]:
+    """Consecutive packets as one (see _Client), or the run as it is when it is one packet."""
+    if len(run) < 2:
+        return run
+    first = run[0]
+    data = b"".join(packet["packet"] for packet in run)
+    return [{**first, "packet": data, "to_process": len(data), "info": None}]
 
 
 class _ConnectThread:
