@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import operator
 import os
 import sqlite3
 import stat
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+
+import orjson
 
 from gateway.backoff import Backoff
 from gateway.errors import StorageDeferred, StorageError
@@ -328,7 +331,7 @@ class ReadingStore:
         def insert(db: sqlite3.Connection) -> list[int]:
             seqs = []
             for r in readings:
-                layout = tuple([(p.name, p.unit) for p in r.values])
+                layout = tuple(map(_name_and_unit, r.values))
                 ident = known.get(layout)
                 if ident is None:
                     ident = fresh.get(layout)
@@ -818,12 +821,26 @@ _VALUE_TYPES = (int, float, str, type(None))
 
 #: Made once: json.dumps with arguments builds an encoder on every call.
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
+_value_of = operator.attrgetter("value")
+_name_and_unit = operator.attrgetter("name", "unit")
 
 
 def _encode_values(values: Sequence[PointValue]) -> str:
-    # Exact: Python writes the shortest text of a float that reads back as the same float,
-    # and integers of any size; NaN and infinity as JSON's extension tokens, read back too.
-    return _COMPACT.encode([p.value for p in values])
+    """The values as a JSON array that reads back exactly (see _decode_values). orjson
+    writes a float as the shortest text that reads back as the same float (as Python does,
+    in a tenth of the time), an integer of up to 64 bits and text exactly; it refuses a larger
+    integer or text that is not valid UTF-8 and writes NaN and infinity as null. So its text
+    is taken only when it holds no null (no None, no NaN, no infinity: a reading of the usual
+    kind); the rest goes to Python's encoder, which writes every value exactly (integers of
+    any size, NaN and infinity as JSON's extension tokens, read back too)."""
+    plain = list(map(_value_of, values))
+    try:
+        text = orjson.dumps(plain)
+    except orjson.JSONEncodeError:
+        return _COMPACT.encode(plain)
+    if b"null" in text:
+        return _COMPACT.encode(plain)
+    return text.decode()
 
 
 def decode_point_values(point_values: object, layout: Layout | None) -> tuple[PointValue, ...]:

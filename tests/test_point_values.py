@@ -17,8 +17,9 @@ from tests.wire import dialect as wire_dialect
 _VALUES = st.one_of(
     st.none(),
     st.integers(-(2**63), 2**64 - 1),
+    st.integers(),  # beyond 64 bits too, which orjson refuses
     st.floats(),  # NaN and infinity too: a Reading built by hand may carry them
-    st.text(max_size=40),
+    st.text(max_size=40),  # lone surrogates too, which orjson refuses
 )
 _POINTS = st.lists(
     st.builds(
@@ -51,6 +52,7 @@ def test_every_kind_of_value_comes_back_from_the_file_as_it_went_in(tmp_path: Pa
         PointValue("i64_max", 2**63 - 1, None),
         PointValue("i64_min", -(2**63), None),
         PointValue("u64_max", 2**64 - 1, "Wh"),
+        PointValue("u128", 2**100 + 1, "Wh"),
         PointValue("float32", 231.6693878173828, "V"),
         PointValue("tiny", 5e-324, None),
         PointValue("negative_zero", -0.0, None),
@@ -69,6 +71,24 @@ def test_every_kind_of_value_comes_back_from_the_file_as_it_went_in(tmp_path: Pa
         store.close()
     assert exactly(first.reading.values) == exactly(values)
     assert second.reading.values == values[:3]
+
+
+@given(points=_POINTS)
+def test_a_reading_is_good_exactly_when_every_value_is_finite_or_text(points: list[PointValue]):
+    reading = reading_from_values("m", 1, tuple(points))
+    usable = [
+        isinstance(p.value, str | int) or (isinstance(p.value, float) and math.isfinite(p.value))
+        for p in points
+    ]
+    assert (reading.quality == "good") is all(usable)
+    assert [p.value is None for p in reading.values] == [
+        not ok or p.value is None for p, ok in zip(points, usable, strict=True)
+    ]
+
+
+def test_finite_values_whose_sum_overflows_keep_the_reading_good():
+    values = (PointValue("a", 1e308, None), PointValue("b", 1e308, None), PointValue("c", 2**1100))
+    assert reading_from_values("m", 1, values).values == values
 
 
 @given(text=st.text(max_size=40))

@@ -10,7 +10,7 @@ import logging
 import select
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -253,7 +253,9 @@ def test_cancelled_connect_is_abandoned_and_its_late_socket_closed(
 
 
 @contextlib.contextmanager
-def scripted_broker(max_inflight: int = 10) -> Iterator[tuple[_Client, socket.socket, list]]:
+def scripted_broker(
+    max_inflight: int = 10,
+) -> Iterator[tuple[_Client, socket.socket, list[tuple[object, ...]]]]:
     """A connected ``_Client`` and the broker's end of its TCP connection (CONNACK sent), and
     what the client's callbacks saw (("ack", mid) and ("message", topic, payload))."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
@@ -261,7 +263,7 @@ def scripted_broker(max_inflight: int = 10) -> Iterator[tuple[_Client, socket.so
             CallbackAPIVersion.VERSION2, "scripted", protocol=mqtt.MQTTv311, clean_session=True
         )
         client.max_inflight_messages_set(max_inflight)
-        seen: list = []
+        seen: list[tuple[object, ...]] = []
         client.on_publish = lambda _c, _u, mid, _r, _p: seen.append(("ack", mid))
         client.on_message = lambda _c, _u, m: seen.append(("message", m.topic, m.payload))
         # With a register-write callback paho leaves every write to loop_write, as on the loop.
@@ -277,7 +279,7 @@ def scripted_broker(max_inflight: int = 10) -> Iterator[tuple[_Client, socket.so
             try:
                 yield client, broker, seen
             finally:
-                client.socket().close()
+                client_socket(client).close()
 
 
 def received_packets(broker: socket.socket, count: int) -> list[tuple[int, bytes]]:
@@ -302,8 +304,14 @@ def received_packets(broker: socket.socket, count: int) -> list[tuple[int, bytes
     return packets
 
 
-def wait_until_read(client: _Client, condition) -> None:
+def client_socket(client: _Client) -> socket.socket:
     sock = client.socket()
+    assert isinstance(sock, socket.socket)
+    return sock
+
+
+def wait_until_read(client: _Client, condition: Callable[[], bool]) -> None:
+    sock = client_socket(client)
     deadline = PATIENCE
     while not condition():
         readable, _, _ = select.select([sock], [], [], deadline)
@@ -326,7 +334,7 @@ def test_what_arrives_together_is_handled_by_one_read():
         assert len(received_packets(broker, 3)) == 3
         acks = b"".join(b"\x40\x02" + mid.to_bytes(2, "big") for mid in mids)
         broker.sendall(publish_packet("in/a", b"1") + publish_packet("in/b", b"2") + acks)
-        select.select([client.socket()], [], [], PATIENCE)
+        select.select([client_socket(client)], [], [], PATIENCE)
         client.loop_read()
         assert seen == [
             ("message", "in/a", b"1"),
