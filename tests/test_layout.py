@@ -49,8 +49,9 @@ CORE_LIBRARY_ROOMS = {
     "prometheus_client": {"gateway/metrics.py"},
     # `fieldgate buffer export`, on a read-only connection beside the daemon.
     "sqlite_utils": {"gateway/buffer_report.py"},
-    # The JSON dialect's encoder (issue 11: a fifteenth of the stdlib's CPU per reading).
-    "orjson": {"gateway/upstream/json_dialect.py"},
+    # The JSON dialect's encoder (issue 11: a fifteenth of the stdlib's CPU per reading), and
+    # the buffer's for a row's values where its text is exact (see buffer._encode_values).
+    "orjson": {"gateway/upstream/json_dialect.py", "gateway/buffer.py"},
     # The one table of drivers' config models, and the tools.
     "drivers.catalog": {"gateway/config/model.py", "gateway/cli.py"},
     # Which module opens a bus of each type (free of pydantic, for the running gateway).
